@@ -1,0 +1,66 @@
+"""The reference backend: attention with every score materialized, read top to bottom.
+
+It computes in the input dtype (so it also shows what a dtype can do) and, run in float64, is the
+oracle every fast backend is tested against. It builds ``Sq x Sk`` tensors: use it for checking
+and teaching, not for long sequences.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnkit.kernels.masks import MaskSpec
+
+
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention.
+
+    Args:
+        q: ``(B, Hq, Sq, D)`` queries; k: ``(B, Hkv, Sk, D)`` keys; v: ``(B, Hkv, Sk, Dv)`` values.
+        spec: validated causal / window / mask / bias options.
+        scale: multiplies the dot products (usually ``1/sqrt(D)``).
+
+    Returns:
+        ``out (B, Hq, Sq, Dv)`` in q's dtype and ``lse (B, Hq, Sq)`` (float32; float64 for float64).
+    """
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)  # (B, Hq, Sk, D): query head h reads kv head h // groups
+    v = v.repeat_interleave(groups, dim=1)  # (B, Hq, Sk, Dv)
+
+    # how well each key answers each query: scores[..., i, j] = Q_i . K_j * scale
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, Hq, Sq, Sk)
+    if spec.bias is not None:
+        scores = scores + spec.bias.to(scores.dtype)
+
+    visible = visibility(spec, q.device)  # (.., Sq, Sk) bool, or None when every key is visible
+    if visible is not None:
+        scores = scores.masked_fill(~visible, float("-inf"))
+        # A query that sees no key gets zeros; give its row finite scores so no NaN appears,
+        # in the forward pass or in any gradient, then zero it below.
+        sees_any = visible.any(dim=-1, keepdim=True)  # (.., Sq, 1)
+        scores = torch.where(sees_any, scores, torch.zeros_like(scores))
+
+    lse = torch.logsumexp(scores.float() if scores.dtype != torch.float64 else scores, dim=-1)
+    pattern = torch.softmax(scores, dim=-1)  # (B, Hq, Sq, Sk), each row sums to 1
+    if visible is not None:
+        pattern = torch.where(sees_any, pattern, torch.zeros_like(pattern))
+        lse = torch.where(sees_any.squeeze(-1), lse, torch.full_like(lse, float("-inf")))
+
+    out = torch.matmul(pattern, v)  # (B, Hq, Sq, Dv): each query's weighted sum of values
+    return out, lse
+
+
+def visibility(spec: MaskSpec, device: torch.device) -> torch.Tensor | None:
+    """Boolean ``(B|1, Hq|1, Sq, Sk)``: True where query i may attend key j; None if all may."""
+    visible = None
+    if spec.has_band:
+        rows = torch.arange(spec.sq, device=device)
+        cols = torch.arange(spec.sk, device=device)
+        visible = spec.band(rows, cols)  # (Sq, Sk)
+    if spec.mask is not None:
+        visible = spec.mask if visible is None else visible & spec.mask
+    if visible is not None:
+        visible = visible.expand(*visible.shape[:-2], spec.sq, spec.sk)
+    return visible

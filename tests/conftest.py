@@ -1,0 +1,22 @@
+"""Shared test set-up: fixed seeds, a deterministic hypothesis profile, offline Hugging Face."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "attnkit", derandomize=True, deadline=None, max_examples=40, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("attnkit")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
