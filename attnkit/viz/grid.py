@@ -1,0 +1,163 @@
+"""Attention patterns as pictures in the notes' layout (matplotlib, Agg backend).
+
+The notes draw keys down the left side and queries across the top, so each column (one query)
+sums to one; ``orientation="query-key"`` draws the ``[query, key]`` tensor layout instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+__all__ = ["ORIENTATIONS", "grid_figure", "heads_figure", "hidden_cells", "oriented"]
+
+ORIENTATIONS = ("notes", "query-key")
+CMAP = "Blues"
+MASKED = "#d9d9d9"  # cells a causal model may not look at
+ANNOTATE_UP_TO = 16  # write the weights into the cells of grids this small
+
+
+def check_orientation(orientation: str) -> str:
+    if orientation not in ORIENTATIONS:
+        raise ValueError(f"orientation must be one of {', '.join(ORIENTATIONS)}; "
+                         f"got {orientation!r}")
+    return orientation
+
+
+def hidden_cells(n_queries: int, n_keys: int, causal: bool) -> np.ndarray:
+    """``(Sq, Sk)`` bool, ``[query, key]``: True where a causal model hides the key from the query.
+
+    Causal is aligned bottom-right: query ``i`` sees keys ``j <= i + Sk - Sq``.
+    """
+    if not causal:
+        return np.zeros((n_queries, n_keys), dtype=bool)
+    i = np.arange(n_queries)[:, None]
+    j = np.arange(n_keys)[None, :]
+    return j > i + n_keys - n_queries
+
+
+def oriented(pattern: torch.Tensor, orientation: str) -> np.ndarray:
+    """``[query, key]`` ``(Sq, Sk)`` → the array drawn: ``(Sk, Sq)`` for "notes", else as is."""
+    data = pattern.detach().float().cpu().numpy()
+    return data.T if check_orientation(orientation) == "notes" else data
+
+
+def grid_figure(pattern: torch.Tensor, tokens: Sequence[str], *,
+                key_tokens: Sequence[str] | None = None, orientation: str = "notes",
+                causal: bool = False, title: str | None = None,
+                annotate: bool | None = None) -> Figure:
+    """One head's pattern as a labelled grid.
+
+    Args:
+        pattern: ``(Sq, Sk)`` ``[query, key]`` probabilities (each row sums to 1).
+        tokens: the ``Sq`` query tokens; ``key_tokens`` the ``Sk`` key tokens (default: the same).
+        orientation: "notes" (keys as rows on the left, queries as columns on top, columns sum
+            to 1) or "query-key" (the transpose: queries as rows).
+        causal: mark the cells a causal model hides (grey, hatched; the lower-left triangle in
+            the notes' layout).
+        annotate: write the weights into the cells (default: when the grid is at most 16 wide).
+
+    Returns:
+        a matplotlib Figure; ``fig.axes[0].images[0].get_array()`` is the drawn array.
+    """
+    if pattern.dim() != 2:
+        raise ValueError(f"pattern must be 2-D [query, key]; got shape {tuple(pattern.shape)}")
+    sq, sk = pattern.shape
+    key_tokens = list(tokens) if key_tokens is None else list(key_tokens)
+    if len(tokens) != sq or len(key_tokens) != sk:
+        raise ValueError(f"pattern is {sq} queries x {sk} keys but got {len(tokens)} query tokens "
+                         f"and {len(key_tokens)} key tokens; pass one token per position")
+    notes = check_orientation(orientation) == "notes"
+    data = oriented(pattern, orientation)  # (Sk, Sq) for notes
+    hidden = hidden_cells(sq, sk, causal)
+    hidden = hidden.T if notes else hidden
+    row_labels, col_labels = (key_tokens, list(tokens)) if notes else (list(tokens), key_tokens)
+    row_name, col_name = ("keys", "queries") if notes else ("queries", "keys")
+
+    n_rows, n_cols = data.shape
+    cell = 0.42 if max(n_rows, n_cols) <= 40 else max(0.06, 16 / max(n_rows, n_cols))
+    fig = Figure(figsize=(2.2 + cell * n_cols, 2.0 + cell * n_rows), dpi=110)
+    ax = fig.add_subplot()
+    image = ax.imshow(data, cmap=CMAP, vmin=0.0, vmax=1.0, aspect="equal",
+                      interpolation="nearest")
+    _mark_hidden(ax, hidden, hatch=max(n_rows, n_cols) <= 64)
+    ax.xaxis.tick_top()
+    ax.xaxis.set_label_position("top")
+    show_labels = max(n_rows, n_cols) <= 96
+    if show_labels:
+        ax.set_xticks(range(n_cols), col_labels, rotation=60, ha="left", rotation_mode="anchor")
+        ax.set_yticks(range(n_rows), row_labels)
+    ax.set_xlabel(col_name, fontsize=11, fontweight="bold")
+    ax.set_ylabel(row_name, fontsize=11, fontweight="bold")
+    if annotate if annotate is not None else max(n_rows, n_cols) <= ANNOTATE_UP_TO:
+        for r in range(n_rows):
+            for c in range(n_cols):
+                if not hidden[r, c] and data[r, c] >= 0.005:
+                    ax.text(c, r, f"{data[r, c]:.2f}"[1:] if data[r, c] < 1 else "1",
+                            ha="center", va="center", fontsize=7,
+                            color="white" if data[r, c] > 0.55 else "#1f3b57")
+    sums = "each column sums to 1" if notes else "each row sums to 1"
+    fig.colorbar(image, ax=ax, fraction=0.035, pad=0.02, label=f"weight ({sums})")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _mark_hidden(ax, hidden: np.ndarray, hatch: bool) -> None:
+    if not hidden.any():
+        return
+    overlay = np.ma.masked_where(~hidden, np.ones(hidden.shape))
+    ax.imshow(overlay, cmap=matplotlib.colors.ListedColormap([MASKED]), vmin=0, vmax=1,
+              interpolation="nearest", aspect="equal")
+    if hatch:
+        for r, c in zip(*np.nonzero(hidden), strict=True):
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="///",
+                                   edgecolor="#9a9a9a", linewidth=0))
+
+
+def heads_figure(patterns: torch.Tensor, *, orientation: str = "notes", causal: bool = False,
+                 title: str | None = None, chosen: tuple[int, int] | None = None) -> Figure:
+    """Every layer x head as small grids, like a contact sheet.
+
+    Args:
+        patterns: ``(L, H, Sq, Sk)`` ``[query, key]`` probabilities.
+        chosen: ``(layer, head)`` framed in red.
+    """
+    if patterns.dim() != 4:
+        raise ValueError(f"patterns must be (layers, heads, Sq, Sk); got {tuple(patterns.shape)}")
+    n_layers, n_heads, sq, sk = patterns.shape
+    hidden = hidden_cells(sq, sk, causal)
+    hidden = hidden.T if check_orientation(orientation) == "notes" else hidden
+    fig = Figure(figsize=(1.0 + 1.1 * n_heads, 1.0 + 1.2 * n_layers), dpi=100)
+    axes = fig.subplots(n_layers, n_heads, squeeze=False)
+    masked_cmap = plt.get_cmap(CMAP).with_extremes(bad=MASKED)
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            ax = axes[layer][head]
+            data = np.ma.masked_where(hidden, oriented(patterns[layer, head], orientation))
+            ax.imshow(data, cmap=masked_cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if layer == 0:
+                ax.set_title(f"head {head}", fontsize=8)
+            if head == 0:
+                ax.set_ylabel(f"layer {layer}", fontsize=8)
+            if chosen == (layer, head):
+                for spine in ax.spines.values():
+                    spine.set_edgecolor("red")
+                    spine.set_linewidth(2.5)
+    rows, cols = ("keys", "queries") if orientation == "notes" else ("queries", "keys")
+    fig.suptitle((title + "\n" if title else "") + f"each grid: {rows} down, {cols} across",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
