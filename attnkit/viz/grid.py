@@ -126,16 +126,20 @@ def _mark_hidden(ax, hidden: np.ndarray, hatch: bool) -> None:
 
 
 def heads_figure(patterns: torch.Tensor, *, orientation: str = "notes", causal: bool = False,
-                 title: str | None = None, chosen: tuple[int, int] | None = None) -> Figure:
+                 title: str | None = None, chosen: tuple[int, int] | None = None,
+                 layers: list[int] | None = None, heads: list[int] | None = None) -> Figure:
     """Every layer x head as small grids, like a contact sheet.
 
     Args:
         patterns: ``(L, H, Sq, Sk)`` ``[query, key]`` probabilities.
-        chosen: ``(layer, head)`` framed in red.
+        layers, heads: the model's numbers of those L layers and H heads (default 0..L-1, 0..H-1).
+        chosen: ``(layer, head)`` (model numbers) framed in red.
     """
     if patterns.dim() != 4:
         raise ValueError(f"patterns must be (layers, heads, Sq, Sk); got {tuple(patterns.shape)}")
     n_layers, n_heads, sq, sk = patterns.shape
+    layers = list(range(n_layers)) if layers is None else list(layers)
+    heads = list(range(n_heads)) if heads is None else list(heads)
     hidden = hidden_cells(sq, sk, causal)
     hidden = hidden.T if check_orientation(orientation) == "notes" else hidden
     fig = Figure(figsize=(1.0 + 1.1 * n_heads, 1.0 + 1.2 * n_layers), dpi=100)
@@ -149,10 +153,10 @@ def heads_figure(patterns: torch.Tensor, *, orientation: str = "notes", causal: 
             ax.set_xticks([])
             ax.set_yticks([])
             if layer == 0:
-                ax.set_title(f"head {head}", fontsize=8)
+                ax.set_title(f"head {heads[head]}", fontsize=8)
             if head == 0:
-                ax.set_ylabel(f"layer {layer}", fontsize=8)
-            if chosen == (layer, head):
+                ax.set_ylabel(f"layer {layers[layer]}", fontsize=8)
+            if chosen == (layers[layer], heads[head]):
                 for spine in ax.spines.values():
                     spine.set_edgecolor("red")
                     spine.set_linewidth(2.5)

@@ -1,0 +1,58 @@
+"""``attnkit explain TEXT``: see one sentence's attention as the notes draw it.
+
+A thin layer over ``attnkit.explain``: prints the grid and writes the pictures and the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from attnkit.viz.grid import ORIENTATIONS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "explain", help="see a sentence's attention: terminal grid, pictures, an offline page",
+        description="Run a model on TEXT and show which keys answer which queries for one head: "
+                    "a shaded grid in the terminal (keys down, queries across, as the notes draw "
+                    "it), and with --out: grid.png/.svg, heads.png (every layer x head) and a "
+                    "self-contained page.html.")
+    parser.add_argument("text", help='the sentence, e.g. "a fluffy blue creature roamed the '
+                                     'verdant forest"')
+    parser.add_argument("--model", default="minilm",
+                        help="minilm (bundled, default), toy, a Hugging Face id or a local path")
+    parser.add_argument("--layer", type=int, help="layer to show (with --head)")
+    parser.add_argument("--head", type=int, help="head to show (with --layer)")
+    parser.add_argument("--find", choices=["adjectives"],
+                        help="choose the head where nouns look most at their adjectives "
+                             "(the default when the text has an adjective before a noun)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="write grid.png, grid.svg, heads.png and page.html into DIR")
+    parser.add_argument("--orientation", choices=ORIENTATIONS, default="notes",
+                        help="notes: keys as rows, queries as columns (default); query-key: the "
+                             "transpose, the [query, key] tensor layout")
+    parser.add_argument("--no-special", action="store_true",
+                        help="leave out [CLS]/[SEP]-style special tokens and renormalize each "
+                             "query's weights over the words shown")
+    parser.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
+                        help="shade the terminal grid with colours (default: when a terminal)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from attnkit.cli import UserError
+    from attnkit.explain import explain
+
+    if args.find and args.layer is not None:
+        raise UserError("give either --find or --layer/--head, not both")
+    exp = explain(args.text, args.model, args.layer, args.head, find=args.find,
+                  special_tokens=not args.no_special)
+    color = sys.stdout.isatty() if args.color is None else args.color
+    print(exp.terminal(orientation=args.orientation, color=color))
+    if args.out:
+        written = exp.save(args.out, orientation=args.orientation)
+        print()
+        for name, path in written.items():
+            print(f"wrote {path}" + ("   (open it in a browser)" if name == "page.html" else ""))
+    return 0

@@ -1,0 +1,321 @@
+"""``attnkit.explain``: one sentence's attention as the notes draw it (the Python twin of the CLI).
+
+Runs a model on the text through ``attnkit.capture``, keeps every head's pattern, chooses a head,
+and draws it: terminal grid, ``grid.png``/``.svg``, the ``heads.png`` contact sheet, ``page.html``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["explain", "Explanation", "show"]
+
+DEMO_TEXT = "a fluffy blue creature roamed the verdant forest"
+
+
+@dataclass
+class Explanation:
+    """One text's attention in one model: every captured head, and one chosen to show.
+
+    Attributes:
+        tokens: the tokens as the model saw them (MiniLM adds ``[CLS]``/``[SEP]``; see
+            ``explain(special_tokens=...)``).
+        pattern: ``(S, S)`` float32 ``[query, key]`` of the chosen head; each row sums to 1.
+        patterns: ``(L, H, S, S)`` the same for every captured layer x head.
+        layer, head: the chosen head (model numbering); ``layers``/``heads``: the captured ones.
+        choice: how the head was chosen, in words.
+    """
+
+    tokens: list[str]
+    patterns: torch.Tensor
+    layer: int
+    head: int
+    model_name: str
+    causal: bool
+    layers: list[int]
+    heads: list[int]
+    choice: str = ""
+    text: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pattern(self) -> torch.Tensor:
+        """``(S, S)`` ``[query, key]`` pattern of the chosen head."""
+        return self.patterns[self.layers.index(self.layer), self.heads.index(self.head)]
+
+    @property
+    def title(self) -> str:
+        return f"{self.model_name} · layer {self.layer} · head {self.head}"
+
+    def best_keys(self) -> list[tuple[str, str, float]]:
+        """For each query: ``(query token, the key token that answers it best, its weight)``."""
+        weights, keys = torch.max(self.pattern, dim=-1)  # (S,), (S,)
+        return [(q, self.tokens[int(j)], float(w))
+                for q, j, w in zip(self.tokens, keys, weights, strict=True)]
+
+    def terminal(self, orientation: str = "notes", color: bool = False) -> str:
+        """The text the CLI prints: which model/layer/head, the shaded grid, the best keys."""
+        from attnkit.viz.terminal import best_keys_lines, terminal_grid
+
+        lines = [f"model {self.model_name}   layer {self.layer}   head {self.head}   "
+                 f"({len(self.tokens)} tokens{', causal' if self.causal else ''})",
+                 f"head chosen: {self.choice}" if self.choice else "", *self.notes, ""]
+        lines.append(terminal_grid(self.pattern, self.tokens, causal=self.causal,
+                                   orientation=orientation, color=color))
+        lines += ["", "each query's best-answering key:"]
+        lines += best_keys_lines(self.pattern, self.tokens)
+        return "\n".join(line for i, line in enumerate(lines) if line or i > 1)
+
+    # ---- pictures and the page ----------------------------------------------------------------
+
+    def grid_figure(self, orientation: str = "notes"):
+        """The chosen head as a matplotlib Figure (see ``attnkit.viz.grid.grid_figure``)."""
+        from attnkit.viz.grid import grid_figure
+
+        return grid_figure(self.pattern, self.tokens, orientation=orientation, causal=self.causal,
+                           title=self.title)
+
+    def heads_figure(self, orientation: str = "notes"):
+        """Every captured layer x head as a contact sheet, the chosen one framed."""
+        from attnkit.viz.grid import heads_figure
+
+        return heads_figure(self.patterns, orientation=orientation, causal=self.causal,
+                            title=f"{self.model_name}: every layer x head", layers=self.layers,
+                            heads=self.heads, chosen=(self.layer, self.head))
+
+    def html(self, orientation: str = "notes") -> str:
+        """The standalone page (inline JS/CSS, no network) as a string."""
+        from attnkit.viz.page import page_data, render_page
+
+        return render_page(page_data(self.patterns, self.tokens, model_name=self.model_name,
+                                     layer=self.layer, head=self.head, causal=self.causal,
+                                     orientation=orientation, layers=self.layers,
+                                     heads=self.heads))
+
+    def _repr_html_(self) -> str:
+        from attnkit.viz.page import iframe
+
+        return iframe(self.html(), height=260 + 30 * min(len(self.tokens), 40))
+
+    def save_grid(self, path: str | os.PathLike, orientation: str = "notes") -> Path:
+        """Write the chosen head's picture; the format follows the suffix (.png, .svg, .pdf)."""
+        path = Path(path)
+        self.grid_figure(orientation).savefig(path)
+        return path
+
+    def save_heads(self, path: str | os.PathLike, orientation: str = "notes") -> Path:
+        path = Path(path)
+        self.heads_figure(orientation).savefig(path)
+        return path
+
+    def save_page(self, path: str | os.PathLike, orientation: str = "notes") -> Path:
+        path = Path(path)
+        path.write_text(self.html(orientation), encoding="utf-8")
+        return path
+
+    def save(self, out: str | os.PathLike, orientation: str = "notes") -> dict[str, Path]:
+        """Write grid.png, grid.svg, heads.png and page.html into directory ``out``.
+
+        All four are made in a scratch directory first and moved in only when every one is
+        done, so a failure leaves nothing half-written.
+        """
+        out = _writable_dir(Path(out))
+        scratch = Path(tempfile.mkdtemp(prefix=".attnkit-", dir=out))
+        try:
+            made = {
+                "grid.png": self.save_grid(scratch / "grid.png", orientation),
+                "grid.svg": self.save_grid(scratch / "grid.svg", orientation),
+                "heads.png": self.save_heads(scratch / "heads.png", orientation),
+                "page.html": self.save_page(scratch / "page.html", orientation),
+            }
+            for name, path in made.items():
+                os.replace(path, out / name)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return {name: out / name for name in made}
+
+    # ---- from a capture -----------------------------------------------------------------------
+
+    @classmethod
+    def from_capture(cls, cap: Any, *, layer: int | None = None, head: int | None = None,
+                     model_name: str = "model", tokens: Sequence[str] | None = None,
+                     batch: int = 0, choice: str = "") -> Explanation:
+        """Build from an ``attnkit.capture`` result: every captured head of sequence ``batch``."""
+        layers, heads = list(cap.layers), list(cap.heads)
+        if not layers:
+            raise ValueError("the capture has recorded nothing: run the model inside "
+                             "`with attnkit.capture(model) as cap:` first")
+        n = cap.seq_len(batch)
+        tokens = list(tokens if tokens is not None else (cap.tokens or [str(i) for i in range(n)]))
+        if len(tokens) != n:
+            raise ValueError(f"got {len(tokens)} tokens for a sequence of {n} positions")
+        layer = layers[0] if layer is None else layer
+        head = heads[0] if head is None else head
+        _check_choice(layer, head, layers, heads, model_name)
+        span = slice(0, n)
+        patterns = torch.stack([  # (L, H, S, S) [query, key]
+            torch.stack([cap.pattern(lay, hd, batch=batch, rows=span, cols=span) for hd in heads])
+            for lay in layers])
+        causal = bool(cap.options(layers[0]).get("causal", False))
+        return cls(tokens, patterns.float(), layer, head, model_name, causal, layers, heads,
+                   choice=choice)
+
+
+def _writable_dir(out: Path) -> Path:
+    """Create ``out`` if needed and check it can be written, or raise a message saying why not."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory; give a directory to write "
+                         "grid.png, heads.png and page.html into")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PermissionError(f"cannot create the output directory {out}: {err.strerror}; "
+                              "choose another with --out") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write into the output directory {out}; choose another "
+                              "with --out (or fix its permissions)")
+    return out
+
+
+def _check_choice(layer: int, head: int, layers: list[int], heads: list[int], model: str) -> None:
+    for name, value, valid in (("layer", layer, layers), ("head", head, heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value not in valid:
+            span = (f"{valid[0]}..{valid[-1]}" if valid == list(range(valid[0], valid[-1] + 1))
+                    else ", ".join(map(str, valid)))
+            kind = "layers" if name == "layer" else "heads per layer"
+            raise ValueError(f"{name} {value!r} is out of range: {model} has {len(valid)} "
+                             f"{kind} ({span})")
+
+
+def _has_adjective_and_noun(words: Sequence[str]) -> bool:
+    """Whether the text has an adjective before a noun (by the adjective experiment's words)."""
+    try:
+        from attnkit.experiments.grammar import WORDS
+    except ImportError:
+        return False
+    lower = [w.lower().strip(".,;:!?") for w in words]
+    adjectives, nouns = set(WORDS["adjectives"]), set(WORDS["nouns"])
+    first_adjective = next((i for i, w in enumerate(lower) if w in adjectives), None)
+    return first_adjective is not None and any(w in nouns for w in lower[first_adjective + 1:])
+
+
+def _find_adjective_head(model: str | nn.Module) -> tuple[int, int, str] | None:
+    """The head ``attnkit.find_heads`` ranks best for nouns looking at their adjectives."""
+    try:
+        from attnkit.inspect.heads import find_heads
+    except ImportError:
+        return None
+    result = find_heads(model=model, relation="adjectives")
+    layer, head = result.best
+    score = next((s for lay, hd, s in result.ranking if (lay, hd) == (layer, head)), None)
+    how = "found by find_heads(relation='adjectives')"
+    if score is not None:
+        how += f": score {score:.2f} vs baseline {result.baseline:.2f}"
+    return layer, head, how
+
+
+def _drop_special(exp: Explanation, special: set[str]) -> Explanation:
+    """Leave out special tokens; each query's weights renormalized over the tokens kept."""
+    keep = [i for i, t in enumerate(exp.tokens) if t not in special]
+    if len(keep) == len(exp.tokens) or not keep:
+        return exp
+    dropped = sorted({t for t in exp.tokens if t in special})
+    index = torch.tensor(keep)
+    p = exp.patterns.index_select(2, index).index_select(3, index)  # (L, H, S', S')
+    total = p.sum(-1, keepdim=True)
+    p = torch.where(total > 0, p / total.clamp_min(1e-30), p)
+    exp.patterns = p
+    exp.tokens = [exp.tokens[i] for i in keep]
+    exp.notes.append(f"special tokens {', '.join(dropped)} left out; each query's weights "
+                     "renormalized over the tokens shown")
+    return exp
+
+
+def explain(text: str, model: str | nn.Module = "minilm", layer: int | None = None,
+            head: int | None = None, *, tokenizer: Any = None, find: str | None = None,
+            special_tokens: bool = True, model_name: str | None = None) -> Explanation:
+    """Run ``model`` on ``text`` and explain one head's attention.
+
+    Args:
+        text: the sentence, e.g. "a fluffy blue creature roamed the verdant forest".
+        model: "minilm" (the bundled all-MiniLM-L6-v2), "toy", a Hugging Face id or path, or a
+            loaded model (then pass its ``tokenizer``).
+        layer, head: the head to show; both or neither. Neither: the head ``find`` picks —
+            ``find="adjectives"`` ranks heads by how much nouns attend to their adjectives; by
+            default that search runs when the text has an adjective before a noun, otherwise
+            layer 0 head 0. The choice is kept in ``Explanation.choice``.
+        special_tokens: keep the tokenizer's ``[CLS]``/``[SEP]`` (True: the model's real weights,
+            which often go to ``[SEP]``); False leaves them out and renormalizes each query's
+            weights over the words shown.
+
+    Returns:
+        an ``Explanation``: ``.tokens``, ``.pattern`` ``(S, S)`` ``[query, key]``, ``.layer``,
+        ``.head``, ``.model_name``, ``.save(dir)``, ``.html()``; shows itself in Jupyter.
+    """
+    from attnkit import models
+
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f'the text is empty; give a sentence, e.g. "{DEMO_TEXT}"')
+    if (layer is None) != (head is None):
+        raise ValueError("give both layer and head (--layer L --head H), or neither to let attnkit "
+                         "choose")
+    if find not in (None, "adjectives"):
+        raise ValueError(f"find={find!r} is not a relation attnkit knows; use find='adjectives'")
+    if isinstance(model, str):
+        net, tokenizer = models.load_model(model)
+    else:
+        if tokenizer is None:
+            raise ValueError("a loaded model needs its tokenizer: explain(text, model, "
+                             "tokenizer=tokenizer)")
+        net = model
+    info = models.model_info(net)
+    name = model_name or (model if isinstance(model, str) else info.get("model_name", "model"))
+    _, tokens = models.encode(net, tokenizer, text)
+    max_len = info.get("max_len")
+    if max_len is not None and len(tokens) > max_len:
+        raise ValueError(f"the text is {len(tokens)} tokens long but {name} reads at most "
+                         f"{max_len} tokens; shorten the text")
+    _check_choice(0 if layer is None else layer, 0 if head is None else head,
+                  list(range(info["n_layers"])), list(range(info["n_heads"])), name)
+
+    choice = "given (--layer/--head)"
+    if layer is None:
+        layer, head = 0, 0
+        choice = "layer 0 head 0 (the default: the text has no adjective before a noun)"
+        if find == "adjectives" or (find is None and _has_adjective_and_noun(text.split())):
+            found = _find_adjective_head(model)
+            if found is None:
+                choice = ("layer 0 head 0: find_heads (the adjective search) is not available "
+                          "in this installation")
+            else:
+                layer, head, choice = found
+    with torch.no_grad():
+        cap = models.run_and_capture(net, tokenizer, text)
+    exp = Explanation.from_capture(cap, layer=layer, head=head, model_name=name,
+                                   tokens=cap.tokens, choice=choice)
+    exp.text = text
+    exp.causal = bool(info.get("causal", exp.causal))
+    if not special_tokens:
+        special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+        exp = _drop_special(exp, special)
+    return exp
+
+
+def show(text_or_capture: Any, model: str | nn.Module = "minilm", layer: int | None = None,
+         head: int | None = None, **options: Any) -> Explanation:
+    """For Jupyter: the page inline. Give a text (explained with ``explain``) or a ``Capture``."""
+    if isinstance(text_or_capture, str):
+        return explain(text_or_capture, model, layer, head, **options)
+    if hasattr(text_or_capture, "pattern") and hasattr(text_or_capture, "layers"):
+        return Explanation.from_capture(text_or_capture, layer=layer, head=head, **options)
+    raise TypeError("show() takes a text or an attnkit Capture; got "
+                    f"{type(text_or_capture).__name__}")

@@ -1,0 +1,154 @@
+"""The local attention explorer behind ``attnkit serve``: a FastAPI app over one loaded model.
+
+The text is run once and only ``q``, ``k`` and ``lse`` are kept (``attnkit.capture``); every view
+— a pooled overview of the whole pattern, a zoomed region, one query's top keys — is recomputed
+on demand from them, so an input of 16,384 tokens never has its N x N pattern built.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel
+
+from attnkit.inspect.patterns import HeadPattern, from_capture, pooled, top_keys
+from attnkit.viz.page import escape_json, static_text
+
+__all__ = ["create_app", "MAX_TOKENS"]
+
+MAX_TOKENS = 16_384  # the longest input the explorer takes, whatever the model
+KEEP = 4  # captures kept in memory (most recent first out)
+VIEW = 256  # a view is at most VIEW x VIEW cells
+
+
+class CaptureRequest(BaseModel):
+    text: str
+
+
+@dataclass
+class Session:
+    capture: Any
+    tokens: list[str]
+    n: int
+
+
+def _fail(status: int, message: str) -> HTTPException:
+    return HTTPException(status_code=status, detail=message)
+
+
+def create_app(model_name: str = "minilm", *, model: Any = None, tokenizer: Any = None,
+               max_tokens: int = MAX_TOKENS) -> FastAPI:
+    """The explorer app for one model: ``model_name`` is loaded with ``attnkit.load_model`` unless
+    a loaded ``model`` and its ``tokenizer`` are given.
+
+    Endpoints: ``GET /`` the page; ``GET /api/info``; ``POST /api/capture {"text"}`` →
+    ``{"id", "tokens", "n"}``; ``GET /api/view?id&layer&head[&r0&r1&c0&c1&size&reduce]`` → a
+    region of the ``[query, key]`` pattern pooled to at most ``size`` x ``size`` (exact when it
+    fits); ``GET /api/top?id&layer&head&query[&k]`` → that query's best keys. Errors are 4xx with a
+    JSON ``{"detail": message}``.
+    """
+    from attnkit import models
+
+    if model is None:
+        model, tokenizer = models.load_model(model_name)
+    elif tokenizer is None:
+        raise ValueError("create_app(model=...) needs the model's tokenizer too")
+    info = models.model_info(model)
+    n_layers, n_heads = int(info["n_layers"]), int(info["n_heads"])
+    limit = min(max_tokens, int(info.get("max_len") or max_tokens))
+    sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
+    lock = threading.Lock()  # one forward pass at a time; the CPU is the bottleneck anyway
+
+    app = FastAPI(title="attnkit explorer", docs_url=None, redoc_url=None, openapi_url=None)
+    about = {"model": model_name, "n_layers": n_layers, "n_heads": n_heads,
+             "max_tokens": limit, "causal": bool(info.get("causal", False)), "view": VIEW}
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        return _page(about)
+
+    @app.get("/api/info")
+    def api_info() -> dict[str, Any]:
+        return about
+
+    @app.post("/api/capture")
+    def api_capture(request: CaptureRequest) -> dict[str, Any]:
+        text = request.text
+        if not text.strip():
+            raise _fail(422, "the text is empty; type a sentence first")
+        if len(text) > 40 * limit:  # no tokenizer makes fewer tokens than characters / 40
+            raise _fail(413, f"the text is {len(text):,} characters, far over the limit of "
+                             f"{limit:,} tokens; shorten it")
+        _, tokens = models.encode(model, tokenizer, text)
+        if len(tokens) > limit:
+            raise _fail(413, f"the text is {len(tokens):,} tokens but this explorer takes at most "
+                             f"{limit:,} tokens with {model_name}; shorten it")
+        with lock, torch.no_grad():
+            cap = models.run_and_capture(model, tokenizer, text)
+        session = Session(cap, list(cap.tokens or tokens), cap.seq_len(0))
+        key = uuid.uuid4().hex
+        sessions[key] = session
+        while len(sessions) > KEEP:
+            sessions.popitem(last=False)
+        return {"id": key, "tokens": session.tokens, "n": session.n}
+
+    def head_of(key: str, layer: int, head: int) -> tuple[Session, HeadPattern]:
+        if key not in sessions:
+            raise _fail(404, "unknown capture id (the explorer keeps the last few texts); "
+                             "send the text again")
+        if not 0 <= layer < n_layers:
+            raise _fail(400, f"layer {layer} is out of range: {model_name} has {n_layers} layers "
+                             f"(0..{n_layers - 1})")
+        if not 0 <= head < n_heads:
+            raise _fail(400, f"head {head} is out of range: {model_name} has {n_heads} heads per "
+                             f"layer (0..{n_heads - 1})")
+        session = sessions[key]
+        return session, from_capture(session.capture, layer, head)
+
+    @app.get("/api/view")
+    def api_view(id: str, layer: int, head: int, r0: int = 0, r1: int | None = None,
+                 c0: int = 0, c1: int | None = None,
+                 size: int = Query(VIEW, ge=1, le=VIEW),
+                 reduce: str = Query("max", pattern="^(max|mean)$")) -> dict[str, Any]:
+        session, source = head_of(id, layer, head)
+        rows = (r0, session.n if r1 is None else r1)
+        cols = (c0, session.n if c1 is None else c1)
+        try:
+            view = pooled(source, rows=rows, cols=cols, size=size, reduce=reduce)
+        except ValueError as err:
+            raise _fail(400, str(err)) from None
+        return view.to_dict()
+
+    @app.get("/api/top")
+    def api_top(id: str, layer: int, head: int, query: int,
+                k: int = Query(8, ge=1, le=64)) -> dict[str, Any]:
+        session, source = head_of(id, layer, head)
+        try:
+            best = top_keys(source, query, k)
+        except ValueError as err:
+            raise _fail(400, str(err)) from None
+        return {"query": query, "token": session.tokens[query],
+                "keys": [{"key": j, "token": session.tokens[j], "weight": w} for j, w in best]}
+
+    return app
+
+
+def _page(about: dict[str, Any]) -> HTMLResponse:
+    script = static_text("explorer.js")
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    policy = (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; "
+              "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'")
+    body = static_text("explorer.html")
+    body = body.replace("/*STYLE*/", static_text("explorer.css"))
+    body = body.replace("/*ABOUT*/", escape_json(about)).replace("/*SCRIPT*/", script)
+    return HTMLResponse(body, headers={"Content-Security-Policy": policy,
+                                       "X-Content-Type-Options": "nosniff"})
