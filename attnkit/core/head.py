@@ -122,4 +122,8 @@ class AttentionHead(nn.Module):
             raise ValueError(f"E must have shape (seq, {self.d_model}) or (batch, seq, "
                              f"{self.d_model}) for this head (d_model={self.d_model}); got "
                              f"{tuple(E.shape)}")
+        if E.dtype != self.W_Q.dtype:
+            raise TypeError(f"E is {E.dtype} but this head's weights are {self.W_Q.dtype}; "
+                            f"convert one of them, e.g. E.to({self.W_Q.dtype}) or "
+                            f"head.to({E.dtype})")
         return E

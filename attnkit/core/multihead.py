@@ -243,4 +243,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"{name} must have shape (batch, seq, {self.d_model}) or (seq, "
                              f"{self.d_model}) for this layer (d_model={self.d_model}); got "
                              f"{tuple(E.shape)}")
+        if E.dtype != self.W_Q.dtype:
+            raise TypeError(f"{name} is {E.dtype} but this layer's weights are {self.W_Q.dtype}; "
+                            f"convert one of them, e.g. {name}.to({self.W_Q.dtype}) or "
+                            f"layer.to({E.dtype})")
         return E if E.dim() == 3 else E.unsqueeze(0)

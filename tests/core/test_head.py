@@ -95,6 +95,9 @@ def test_bad_E_gives_clear_errors():
         head.queries(torch.randn(8))
     with pytest.raises(TypeError, match="E must be a torch.Tensor.*got list"):
         head.keys([[0.0] * 8])
+    with pytest.raises(TypeError, match=r"E is torch.float64 but this head's weights are "
+                                        r"torch.float32.*head.to\(torch.float64\)"):
+        head(torch.randn(3, 8, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("kwargs, name", [({"d_model": 0, "d_key": 2}, "d_model"),

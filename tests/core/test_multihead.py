@@ -140,6 +140,9 @@ def test_bad_inputs_give_clear_errors():
         mha(torch.randn(2, 5, 6))
     with pytest.raises(TypeError, match="E must be a torch.Tensor"):
         mha("a fluffy blue creature")
+    with pytest.raises(TypeError, match=r"E is torch.float16 but this layer's weights are "
+                                        r"torch.float32.*E.to\(torch.float32\)"):
+        mha(torch.randn(2, 5, 8, dtype=torch.float16))
     with pytest.raises(ValueError, match=r"MultiHeadAttention\(\.\.\., causal=False\)"):
         mha(torch.randn(2, 5, 8), context=torch.randn(2, 3, 8))
     cross = MultiHeadAttention(8, 2, causal=False)
