@@ -37,6 +37,9 @@ class AttentionHead(nn.Module):
     ``scores[..., j, i]`` is the notes' ``K_i · Q_j`` (scaled).
     """
 
+    n_heads = 1  # one head; the same attribute names as MultiHeadAttention, for inspection tools
+    n_kv_heads = 1
+
     def __init__(self, d_model: int, d_key: int, d_value: int | None = None, causal: bool = True,
                  *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         super().__init__()
@@ -106,7 +109,8 @@ class AttentionHead(nn.Module):
         q = E4 @ self.W_Q  # (B, 1, seq, d_key)
         k = E4 @ self.W_K  # (B, 1, seq, d_key)
         v = E4 @ self.W_V_down  # (B, 1, seq, d_value)
-        mixed = attend(self, q, k, v, causal=self.causal, scale=1.0 / math.sqrt(self.d_key))
+        mixed = attend(self, q, k, v, causal=self.causal,
+                       scale=1.0 / math.sqrt(self.d_key))  # (B, 1, seq, d_value)
         dE = mixed @ self.W_V_up  # (B, 1, seq, d_model)
         return dE.reshape(E.shape)  # (..., seq, d_model)
 
