@@ -175,6 +175,23 @@ def count_tokens(tokenizer: Any, text: str) -> int:
     return int(tokenizer(text, return_tensors="pt")["input_ids"].shape[-1])
 
 
+def check_out_dir(out: str | os.PathLike) -> None:
+    """Raise now, before any work, if ``out`` could not be created or written (creates nothing)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory; give a directory to write "
+                         "grid.png, heads.png and page.html into")
+    base = out
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise PermissionError(f"cannot create the output directory {out}: {base} is a file; "
+                              "choose another with --out")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write into {base} to make the output directory {out}; "
+                              "choose another with --out (or fix its permissions)")
+
+
 def _writable_dir(out: Path) -> Path:
     """Create ``out`` if needed and check it can be written, or raise a message saying why not."""
     if out.exists() and not out.is_dir():

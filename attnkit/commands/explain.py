@@ -42,10 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from attnkit.cli import UserError
-    from attnkit.explain import explain
+    from attnkit.explain import check_out_dir, explain
 
     if args.find and args.layer is not None:
         raise UserError("give either --find or --layer/--head, not both")
+    if args.out:
+        check_out_dir(args.out)
     exp = explain(args.text, args.model, args.layer, args.head, find=args.find,
                   special_tokens=not args.no_special)
     color = sys.stdout.isatty() if args.color is None else args.color

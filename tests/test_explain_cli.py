@@ -1,0 +1,64 @@
+"""``attnkit explain`` from the command line: output, files, and clear errors with exit code 2."""
+
+import os
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+
+from attnkit.cli import main
+
+TEXT = "a fluffy blue creature roamed the verdant forest"
+
+
+def test_demo_command_in_a_fresh_process(tmp_path):
+    """What ``make demo`` runs, as a user would run it."""
+    out = tmp_path / "attnkit-out"
+    done = subprocess.run([sys.executable, "-m", "attnkit", "explain", TEXT, "--layer", "1",
+                           "--head", "8", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("model minilm   layer 1   head 8")
+    assert "each query's best-answering key:" in done.stdout
+    assert any(line.split()[:2] == ["creature", "←"] for line in lines)
+    for name in ("grid.png", "grid.svg", "heads.png", "page.html"):
+        assert f"wrote {out / name}" in done.stdout
+    picture = matplotlib.image.imread(out / "grid.png")
+    assert picture.std() > 0.05
+
+
+def test_query_key_orientation_and_no_special(capsys):
+    assert main(["explain", TEXT, "--layer", "0", "--head", "2", "--orientation", "query-key",
+                 "--no-special", "--no-color"]) == 0
+    text = capsys.readouterr().out
+    assert "keys →" in text and "queries ↓" in text
+    notes, grid = text.split("left out; each query's weights renormalized", 1)
+    assert "special tokens [CLS], [SEP]" in notes and "[CLS]" not in grid
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["explain", ""], "the text is empty"),
+    (["explain", TEXT, "--layer", "9", "--head", "0"],
+     r"layer 9 is out of range: minilm has 6 layers (0..5)"),
+    (["explain", TEXT, "--layer", "0", "--head", "-1"], "head -1 is out of range"),
+    (["explain", TEXT, "--layer", "0"], "give both layer and head"),
+    (["explain", TEXT, "--find", "adjectives", "--layer", "0", "--head", "0"],
+     "give either --find or --layer/--head"),
+    (["explain", "word " * 700], "the text is 702 tokens long but minilm reads at most 512"),
+    (["explain", TEXT, "--model", "no/such-model-here"], "no/such-model-here"),
+])
+def test_errors(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after any loading bar
+    assert err.startswith("attnkit explain: error: ")
+    assert message in err
+
+
+def test_unwritable_out_dir(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["explain", TEXT, "--layer", "0", "--head", "0", "--out", str(blocker / "x")]) == 2
+    assert "cannot create the output directory" in capsys.readouterr().err
+    assert not (blocker.parent / "x").exists()
