@@ -114,12 +114,13 @@ class Pooled:
     col_block: int
     reduce: str
 
-    def to_dict(self, decimals: int = 5) -> dict[str, Any]:
-        scale = 10 ** decimals
+    def to_dict(self, digits: int = 6) -> dict[str, Any]:
+        """JSON-ready, values rounded to ``digits`` significant digits (block means are tiny)."""
+        values = [[float(f"{v:.{digits}g}") for v in row] for row in self.values.tolist()]
         return {
             "rows": [self.row0, self.row1], "cols": [self.col0, self.col1],
             "row_block": self.row_block, "col_block": self.col_block, "reduce": self.reduce,
-            "values": (torch.round(self.values * scale) / scale).tolist(),
+            "values": values,
         }
 
 

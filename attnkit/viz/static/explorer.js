@@ -92,6 +92,13 @@
 
   function draw() {
     var v = state.view, L = layout();
+    // block means are small (a query's weights spread over many keys): scale to the view's largest
+    var top = 1;
+    if (v.reduce === "mean") {
+      top = 0;
+      v.values.forEach(function (row) { row.forEach(function (w) { if (w > top) top = w; }); });
+      top = top || 1;
+    }
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     ctx.fillStyle = "#ffffff";
     ctx.fillRect(0, 0, canvas.width, canvas.height);
@@ -101,7 +108,7 @@
         var qLast = Math.min(v.rows[1], v.rows[0] + (a + 1) * v.row_block) - 1;
         var kFirst = v.cols[0] + b * v.col_block;
         var hidden = about.causal && kFirst > qLast;
-        ctx.fillStyle = hidden ? "#d9d9d9" : color(v.values[a][b]);
+        ctx.fillStyle = hidden ? "#d9d9d9" : color(v.values[a][b] / top);
         ctx.fillRect(x, y, Math.ceil(L.cw), Math.ceil(L.ch));
       }
     }
