@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 __all__ = ["explain", "Explanation", "show"]
 
@@ -162,9 +164,17 @@ class Explanation:
         head = heads[0] if head is None else head
         _check_choice(layer, head, layers, heads, model_name)
         span = slice(0, n)
-        patterns = torch.stack([  # (L, H, S, S) [query, key]
-            torch.stack([cap.pattern(lay, hd, batch=batch, rows=span, cols=span) for hd in heads])
-            for lay in layers])
+        bar = tqdm(total=len(layers) * len(heads), desc="patterns", unit="head", file=sys.stderr,
+                   disable=n < 256, leave=False)  # long inputs only
+        per_layer = []
+        for lay in layers:
+            row = []
+            for hd in heads:
+                row.append(cap.pattern(lay, hd, batch=batch, rows=span, cols=span))  # (S, S)
+                bar.update()
+            per_layer.append(torch.stack(row))
+        bar.close()
+        patterns = torch.stack(per_layer)  # (L, H, S, S) [query, key]
         causal = bool(cap.options(layers[0]).get("causal", False))
         return cls(tokens, patterns.float(), layer, head, model_name, causal, layers, heads,
                    choice=choice)
@@ -221,9 +231,12 @@ def _check_choice(layer: int, head: int, layers: list[int], heads: list[int], mo
 def _has_adjective_and_noun(words: Sequence[str]) -> bool:
     """Whether the text has an adjective before a noun (by the adjective experiment's words)."""
     try:
-        from attnkit.experiments.grammar import WORDS
+        from attnkit.experiments.adjectives import WORDS
     except ImportError:
-        return False
+        try:
+            from attnkit.experiments.grammar import WORDS
+        except ImportError:
+            return False
     lower = [w.lower().strip(".,;:!?") for w in words]
     adjectives, nouns = set(WORDS["adjectives"]), set(WORDS["nouns"])
     first_adjective = next((i for i, w in enumerate(lower) if w in adjectives), None)
