@@ -33,6 +33,11 @@ def check_orientation(orientation: str) -> str:
     return orientation
 
 
+def cell_text(weight: float) -> str:
+    """A weight written into its cell: ".42", or "1" for weights that round to one."""
+    return "1" if weight >= 0.995 else f"{weight:.2f}"[1:]
+
+
 def hidden_cells(n_queries: int, n_keys: int, causal: bool) -> np.ndarray:
     """``(Sq, Sk)`` bool, ``[query, key]``: True where a causal model hides the key from the query.
 
@@ -102,7 +107,7 @@ def grid_figure(pattern: torch.Tensor, tokens: Sequence[str], *,
         for r in range(n_rows):
             for c in range(n_cols):
                 if not hidden[r, c] and data[r, c] >= 0.005:
-                    ax.text(c, r, f"{data[r, c]:.2f}"[1:] if data[r, c] < 1 else "1",
+                    ax.text(c, r, cell_text(float(data[r, c])),
                             ha="center", va="center", fontsize=7,
                             color="white" if data[r, c] > 0.55 else "#1f3b57")
     sums = "each column sums to 1" if notes else "each row sums to 1"

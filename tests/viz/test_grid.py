@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnkit.viz.grid import grid_figure, heads_figure, hidden_cells
+from attnkit.viz.grid import cell_text, grid_figure, heads_figure, hidden_cells
 from attnkit.viz.terminal import HIDDEN, best_keys_lines, terminal_grid
 
 TOKENS = ["fluffy", "blue", "creature"]
@@ -40,6 +40,13 @@ def test_notes_layout_keys_rows_queries_columns():
     # the masked cells: lower-left triangle (key after the query), drawn grey on top
     overlay = ax.images[1].get_array()
     np.testing.assert_array_equal(~np.ma.getmaskarray(overlay), np.tril(np.ones((3, 3)), -1) > 0)
+
+
+def test_cell_text():
+    p = torch.tensor([[1.0, 0.0], [0.998, 0.002]])
+    texts = [t.get_text() for t in grid_figure(p, ["x", "y"]).axes[0].texts]
+    assert texts == ["1", "1"]  # weights under 0.005 are left blank
+    assert cell_text(0.4249) == ".42" and cell_text(0.994) == ".99"
 
 
 def test_rectangular_and_query_key_orientation():
