@@ -1,0 +1,183 @@
+"""Real models on attnkit, side by side: MiniLM at batch 32 x 128 tokens on "attnkit" (with and
+without capture) vs "sdpa" vs "eager" (with and without output_attentions), interleaved, median
+of N after warm-up; then a 16,384-token Llama-style forward with capture, peak memory measured in
+a fresh process next to eager's estimate.
+
+    python benchmarks/models.py [--rounds 7] [--long-len 16384] [--no-long] [--out models.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def minilm_inputs(tokenizer, batch: int, length: int) -> dict[str, torch.Tensor]:
+    """``batch`` random sequences of exactly ``length`` tokens: [CLS] words... [SEP]."""
+    g = torch.Generator().manual_seed(0)
+    special = set(tokenizer.all_special_ids)
+    words = torch.tensor([i for i in range(1000, tokenizer.vocab_size) if i not in special])
+    ids = words[torch.randint(len(words), (batch, length), generator=g)]
+    ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "token_type_ids": torch.zeros_like(ids)}
+
+
+def bench_minilm(rounds: int, batch: int, length: int) -> dict:
+    import attnkit
+    from attnkit.models import load_model
+
+    model, tokenizer = load_model("minilm")
+    inputs = minilm_inputs(tokenizer, batch, length)
+
+    def run(implementation: str, output_attentions: bool = False, capture: bool = False):
+        model.set_attn_implementation(implementation)
+        with torch.no_grad():
+            if capture:
+                with attnkit.capture(model) as cap:
+                    out = model(**inputs)
+                return out.last_hidden_state, cap
+            out = model(**inputs, output_attentions=output_attentions)
+            return out.last_hidden_state, out.attentions
+
+    configs = {
+        "sdpa": lambda: run("sdpa"),
+        "eager": lambda: run("eager"),
+        "eager + output_attentions": lambda: run("eager", output_attentions=True),
+        "attnkit": lambda: run("attnkit"),
+        "attnkit + capture (all layers)": lambda: run("attnkit", capture=True),
+    }
+    for fn in configs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    names = list(configs)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order
+            t0 = time.perf_counter()
+            configs[name]()
+            times[name].append(time.perf_counter() - t0)
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+
+    sdpa_out, _ = run("sdpa")
+    ours, _ = run("attnkit")
+    captured, cap = run("attnkit", capture=True)
+    _, eager_attn = run("eager", output_attentions=True)
+    pattern_err = max((cap.pattern(layer, head) - eager_attn[layer][0, head]).abs().max().item()
+                      for layer in range(6) for head in range(12))
+    attnkit_time = medians["attnkit"]
+    return {
+        "model": "all-MiniLM-L6-v2 (BERT, 6 layers x 12 heads), bundled",
+        "batch": batch, "length": length, "rounds": rounds,
+        "median_s": medians,
+        "speed_vs_attnkit": {name: t / attnkit_time for name, t in medians.items()},
+        "max_abs_diff_attnkit_vs_sdpa": (ours - sdpa_out).abs().max().item(),
+        "max_abs_diff_captured_vs_sdpa": (captured - sdpa_out).abs().max().item(),
+        "max_abs_diff_capture_pattern_vs_eager": pattern_err,
+    }
+
+
+LONG = r"""
+import json, resource, sys, time
+import torch
+import attnkit
+import attnkit.hf
+from transformers import LlamaConfig, LlamaModel
+
+S = int(sys.argv[1])
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=S)
+model = LlamaModel(config).eval()
+model.set_attn_implementation("attnkit")
+ids = torch.randint(0, 64, (1, S))
+before = rss_mib()
+t0 = time.perf_counter()
+with torch.no_grad(), attnkit.capture(model) as cap:
+    model(input_ids=ids)
+seconds = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+t0 = time.perf_counter()
+row = cap.pattern(1, 7, rows=slice(-1, None))
+row_seconds = time.perf_counter() - t0
+stored = sum(cap.queries(l).numel() + cap.keys(l).numel() + cap.lse(l).numel()
+             for l in cap.layers) * 4 / 2**20
+print(json.dumps({"seconds": seconds, "rss_before_mib": before, "peak_mib": peak,
+                  "captured_mib": stored, "last_row_seconds": row_seconds,
+                  "row_sum": row.sum().item()}))
+"""
+
+
+def bench_long(length: int) -> dict:
+    done = subprocess.run([sys.executable, "-c", LONG, str(length)], capture_output=True,
+                          text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    heads, layers = 8, 2
+    eager_per_layer_gib = heads * length * length * 4 / 2**30  # the float32 weights alone
+    return {
+        "model": f"random Llama-style, {layers} layers, {heads} query heads / 2 kv heads, "
+                 "hidden 64",
+        "length": length,
+        "forward_with_capture_s": result["seconds"],
+        "peak_growth_mib": result["peak_mib"] - result["rss_before_mib"],
+        "captured_q_k_lse_mib": result["captured_mib"],
+        "last_row_pattern_s": result["last_row_seconds"],
+        "eager_weights_per_layer_gib_estimate": eager_per_layer_gib,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--long-len", type=int, default=16_384)
+    parser.add_argument("--no-long", action="store_true", help="skip the long-context run")
+    parser.add_argument("--no-minilm", action="store_true", help="skip the MiniLM run")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    results = {"machine": f"{platform.processor() or platform.machine()}, "
+                          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"}
+    if not args.no_minilm:
+        results["minilm"] = m = bench_minilm(args.rounds, args.batch, args.length)
+        print(f"MiniLM, batch {m['batch']} x {m['length']} tokens, median of {m['rounds']} "
+              "(interleaved, after warm-up)")
+        print(f"{'implementation':34s} {'median ms':>10s} {'time / attnkit':>15s}")
+        for name, t in m["median_s"].items():
+            print(f"{name:34s} {t * 1e3:10.1f} {m['speed_vs_attnkit'][name]:15.2f}")
+        print(f"attnkit speed vs sdpa: {m['speed_vs_attnkit']['sdpa']:.2f}x "
+              f"(sdpa time / attnkit time); max |attnkit - sdpa| = "
+              f"{m['max_abs_diff_attnkit_vs_sdpa']:.1e}, captured pattern vs eager = "
+              f"{m['max_abs_diff_capture_pattern_vs_eager']:.1e}")
+    if not args.no_long:
+        results["long"] = bench_long(args.long_len)
+        lg = results["long"]
+        print(f"\nLong context: {lg['model']}, {lg['length']} tokens, capture on every layer")
+        print(f"forward + capture {lg['forward_with_capture_s']:.1f} s; peak memory growth "
+              f"{lg['peak_growth_mib']:.0f} MiB (captured q, k, lse "
+              f"{lg['captured_q_k_lse_mib']:.0f} MiB); last query's row in "
+              f"{lg['last_row_pattern_s'] * 1e3:.1f} ms; eager would "
+              f"need ~{lg['eager_weights_per_layer_gib_estimate']:.0f} GiB per layer for the "
+              "weights alone")
+    results["peak_rss_mib_this_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.out:
+        import pathlib
+
+        pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
