@@ -22,6 +22,9 @@ from tqdm.auto import tqdm
 __all__ = ["explain", "Explanation", "show"]
 
 DEMO_TEXT = "a fluffy blue creature roamed the verdant forest"
+EVERY_HEAD_UP_TO = 512  # longer inputs keep the chosen head exact and pool the others
+SHEET = 128  # cells a side of each pooled grid on a long input's contact sheet
+MAX_EXPLAIN = 1024  # explain draws every cell; longer texts belong in the explorer (serve)
 
 
 @dataclass
@@ -32,8 +35,11 @@ class Explanation:
         tokens: the tokens as the model saw them (MiniLM adds ``[CLS]``/``[SEP]``; see
             ``explain(special_tokens=...)``).
         pattern: ``(S, S)`` float32 ``[query, key]`` of the chosen head; each row sums to 1.
-        patterns: ``(L, H, S, S)`` the same for every captured layer x head.
+        patterns: ``(L, H, S, S)`` the same for every captured layer x head — for inputs over
+            ``EVERY_HEAD_UP_TO`` tokens only the chosen head ``(1, 1, S, S)``; ``kept`` names them.
         layer, head: the chosen head (model numbering); ``layers``/``heads``: the captured ones.
+        sheet: for long inputs, ``(L, H, s, s)`` max-pooled views of every head (blocks of
+            ``sheet_block`` tokens) for the contact sheet; None when ``patterns`` has every head.
         choice: how the head was chosen, in words.
     """
 
@@ -48,11 +54,15 @@ class Explanation:
     choice: str = ""
     text: str | None = None
     notes: list[str] = field(default_factory=list)
+    kept: tuple[list[int], list[int]] | None = None
+    sheet: torch.Tensor | None = None
+    sheet_block: int = 1
 
     @property
     def pattern(self) -> torch.Tensor:
         """``(S, S)`` ``[query, key]`` pattern of the chosen head."""
-        return self.patterns[self.layers.index(self.layer), self.heads.index(self.head)]
+        layers, heads = self.kept or (self.layers, self.heads)
+        return self.patterns[layers.index(self.layer), heads.index(self.head)]
 
     @property
     def title(self) -> str:
@@ -90,18 +100,22 @@ class Explanation:
         """Every captured layer x head as a contact sheet, the chosen one framed."""
         from attnkit.viz.grid import heads_figure
 
-        return heads_figure(self.patterns, orientation=orientation, causal=self.causal,
-                            title=f"{self.model_name}: every layer x head", layers=self.layers,
-                            heads=self.heads, chosen=(self.layer, self.head))
+        title = f"{self.model_name}: every layer x head"
+        if self.sheet is not None:
+            title += f" (max over blocks of {self.sheet_block} x {self.sheet_block} tokens)"
+        grids = self.patterns if self.sheet is None else self.sheet
+        return heads_figure(grids, orientation=orientation, causal=self.causal, title=title,
+                            layers=self.layers, heads=self.heads, chosen=(self.layer, self.head))
 
     def html(self, orientation: str = "notes") -> str:
         """The standalone page (inline JS/CSS, no network) as a string."""
         from attnkit.viz.page import page_data, render_page
 
+        layers, heads = self.kept or (self.layers, self.heads)
         return render_page(page_data(self.patterns, self.tokens, model_name=self.model_name,
                                      layer=self.layer, head=self.head, causal=self.causal,
-                                     orientation=orientation, layers=self.layers,
-                                     heads=self.heads))
+                                     orientation=orientation, layers=layers, heads=heads,
+                                     n_layers=max(self.layers) + 1, n_heads=max(self.heads) + 1))
 
     def _repr_html_(self) -> str:
         from attnkit.viz.page import iframe
@@ -163,21 +177,45 @@ class Explanation:
         layer = layers[0] if layer is None else layer
         head = heads[0] if head is None else head
         _check_choice(layer, head, layers, heads, model_name)
+        causal = bool(cap.options(layers[0]).get("causal", False))
         span = slice(0, n)
-        bar = tqdm(total=len(layers) * len(heads), desc="patterns", unit="head", file=sys.stderr,
-                   disable=n < 256, leave=False)  # long inputs only
-        per_layer = []
+        if n <= EVERY_HEAD_UP_TO:
+            bar = tqdm(total=len(layers) * len(heads), desc="patterns", unit="head",
+                       file=sys.stderr, disable=n < 256, leave=False)  # long inputs only
+            per_layer = []
+            for lay in layers:
+                row = []
+                for hd in heads:
+                    row.append(cap.pattern(lay, hd, batch=batch, rows=span, cols=span))  # (S, S)
+                    bar.update()
+                per_layer.append(torch.stack(row))
+            bar.close()
+            patterns = torch.stack(per_layer)  # (L, H, S, S) [query, key]
+            return cls(tokens, patterns.float(), layer, head, model_name, causal, layers, heads,
+                       choice=choice)
+        # long: the chosen head exactly, every head as a pooled view for the contact sheet
+        chosen = cap.pattern(layer, head, batch=batch, rows=span, cols=span)  # (S, S)
+        sheet, block = _pooled_sheet(cap, layers, heads, n, batch)
+        return cls(tokens, chosen.float()[None, None], layer, head, model_name, causal, layers,
+                   heads, choice=choice, kept=([layer], [head]), sheet=sheet, sheet_block=block)
+
+
+def _pooled_sheet(cap: Any, layers: list[int], heads: list[int], n: int,
+                  batch: int) -> tuple[torch.Tensor, int]:
+    """Every head max-pooled to at most ``SHEET`` cells a side: ``(L, H, s, s)`` and the block."""
+    from attnkit.inspect.patterns import from_capture, pooled
+
+    views = []
+    with tqdm(total=len(layers) * len(heads), desc="pooled views", unit="head",
+              file=sys.stderr, leave=False) as bar:
         for lay in layers:
             row = []
             for hd in heads:
-                row.append(cap.pattern(lay, hd, batch=batch, rows=span, cols=span))  # (S, S)
+                row.append(pooled(from_capture(cap, lay, hd, batch), size=SHEET).values)
                 bar.update()
-            per_layer.append(torch.stack(row))
-        bar.close()
-        patterns = torch.stack(per_layer)  # (L, H, S, S) [query, key]
-        causal = bool(cap.options(layers[0]).get("causal", False))
-        return cls(tokens, patterns.float(), layer, head, model_name, causal, layers, heads,
-                   choice=choice)
+            views.append(torch.stack(row))
+    block = -(-n // SHEET)
+    return torch.stack(views), block
 
 
 def count_tokens(tokenizer: Any, text: str) -> int:
@@ -319,6 +357,10 @@ def explain(text: str, model: str | nn.Module = "minilm", layer: int | None = No
     if max_len is not None and n_tokens > max_len:
         raise ValueError(f"the text is {n_tokens} tokens long but {name} reads at most "
                          f"{max_len} tokens; shorten the text")
+    if n_tokens > MAX_EXPLAIN:
+        raise ValueError(f"the text is {n_tokens:,} tokens long; explain draws every cell and "
+                         f"stops at {MAX_EXPLAIN:,} tokens. Explore longer texts with "
+                         f"`attnkit serve --model {name}` (pooled views, up to 16,384 tokens)")
     _check_choice(0 if layer is None else layer, 0 if head is None else head,
                   list(range(info["n_layers"])), list(range(info["n_heads"])), name)
 

@@ -133,7 +133,7 @@ def test_unwritable_output_leaves_nothing(explained, tmp_path):
 
 
 def test_causal_toy_model(tmp_path):
-    """The toy adjective model is causal: hidden keys get no weight and are marked in the picture."""
+    """The toy adjective model is causal: hidden keys get no weight and are marked as hidden."""
     try:
         model, tokenizer = attnkit.load_model("toy")
     except FileNotFoundError as err:  # arrives with the adjective issue
@@ -148,3 +148,43 @@ def test_causal_toy_model(tmp_path):
     overlay = exp.grid_figure().axes[0].images[1].get_array()  # notes layout: keys x queries
     assert (~overlay.mask == future.T.numpy()).all()
     assert "hidden by the causal mask" in exp.terminal()
+
+
+@pytest.fixture(scope="module")
+def tiny_long_bert():
+    """A small random BERT with 4,096 positions, built from a config (no download)."""
+    from transformers import BertConfig, BertModel
+
+    import attnkit.hf  # noqa: F401
+
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=4096)
+    model = BertModel(config, add_pooling_layer=False).eval()
+    model.set_attn_implementation("attnkit")
+    return model
+
+
+def test_long_input_keeps_the_chosen_head_and_pools_the_others(tiny_long_bert, minilm, tmp_path):
+    tokenizer = minilm[1]
+    text = "word " * 518  # 520 tokens with [CLS] and [SEP]
+    exp = explain(text, tiny_long_bert, 1, 0, tokenizer=tokenizer, model_name="tiny")
+    assert exp.patterns.shape == (1, 1, 520, 520) and exp.kept == ([1], [0])
+    assert exp.sheet.shape == (2, 2, 104, 104) and exp.sheet_block == 5
+    # the peer: the same weights on transformers' eager attention
+    tiny_long_bert.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            eager = tiny_long_bert(**tokenizer(text, return_tensors="pt"),
+                                   output_attentions=True).attentions
+    finally:
+        tiny_long_bert.set_attn_implementation("attnkit")
+    torch.testing.assert_close(exp.pattern, eager[1][0, 0], atol=2e-6, rtol=1e-4)
+    pooled = eager[0][0, 1].reshape(104, 5, 104, 5).amax(dim=(1, 3))  # max over 5 x 5 blocks
+    torch.testing.assert_close(exp.sheet[0, 1], pooled, atol=2e-6, rtol=1e-4)
+    written = exp.save(tmp_path)
+    assert '"1,0":' in written["page.html"].read_text() and '"0,0":' not in written[
+        "page.html"].read_text()
+    with pytest.raises(ValueError, match=r"the text is 1,102 tokens long; explain draws every cell "
+                                         r"and stops at 1,024 tokens\. Explore longer texts with "
+                                         r"`attnkit serve --model tiny`"):
+        explain("word " * 1100, tiny_long_bert, 0, 0, tokenizer=tokenizer, model_name="tiny")

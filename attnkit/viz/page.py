@@ -37,17 +37,18 @@ def escape_json(value: Any) -> str:
 
 def page_data(patterns: torch.Tensor, tokens: list[str], *, model_name: str, layer: int,
               head: int, causal: bool, orientation: str = "notes",
-              layers: list[int] | None = None, heads: list[int] | None = None) -> dict[str, Any]:
+              layers: list[int] | None = None, heads: list[int] | None = None,
+              n_layers: int | None = None, n_heads: int | None = None) -> dict[str, Any]:
     """The page's JSON: every head's pattern when they fit in ``MAX_CELLS``, else the chosen one.
 
     Args:
         patterns: ``(L, H, S, S)`` ``[query, key]`` probabilities, one per captured layer x head;
             ``layers``/``heads`` name them (default ``0..L-1`` / ``0..H-1``).
         layer, head: the head shown first (model numbering).
+        n_layers, n_heads: the model's (for the menus; default: enough for ``layers``/``heads``).
     """
-    n_layers, n_heads, s, _ = patterns.shape
-    layers = list(range(n_layers)) if layers is None else list(layers)
-    heads = list(range(n_heads)) if heads is None else list(heads)
+    layers = list(range(patterns.shape[0])) if layers is None else list(layers)
+    heads = list(range(patterns.shape[1])) if heads is None else list(heads)
     everything = patterns.numel() <= MAX_CELLS
     stored = {}
     for a, lay in enumerate(layers):
@@ -57,8 +58,9 @@ def page_data(patterns: torch.Tensor, tokens: list[str], *, model_name: str, lay
                 stored[f"{lay},{hd}"] = cells.tolist()
     return {
         "title": f"{model_name}: which keys answer which queries",
-        "model": model_name, "tokens": list(tokens), "n_layers": max(layers) + 1,
-        "n_heads": max(heads) + 1, "layer": layer, "head": head, "causal": bool(causal),
+        "model": model_name, "tokens": list(tokens),
+        "n_layers": n_layers or max(layers) + 1, "n_heads": n_heads or max(heads) + 1,
+        "layer": layer, "head": head, "causal": bool(causal),
         "orientation": orientation, "scale": SCALE, "patterns": stored,
     }
 
@@ -94,6 +96,7 @@ def render_page(data: dict[str, Any]) -> str:
 <div class="note" id="note"></div>
 <div class="main">
   <table class="grid" id="grid"></table>
+  <canvas id="canvas" width="720" height="720" style="display:none"></canvas>
   <div class="panel" id="weights">
     <div class="sub">Hover a query to see its keys and weights.</div>
   </div>

@@ -142,6 +142,31 @@ def test_page_shows_hostile_text_as_text(browser, tmp_path):
     w.page.close()
 
 
+def test_long_page_draws_on_a_canvas(browser, tmp_path):
+    n = 300
+    future = torch.ones(n, n, dtype=torch.bool).triu(1)
+    patterns = torch.softmax((3 * torch.randn(1, 2, n, n)).masked_fill(future, float("-inf")), -1)
+    path = tmp_path / "long.html"
+    path.write_text(render_page(page_data(patterns, [f"w{i}" for i in range(n)], model_name="m",
+                                          layer=0, head=1, causal=True)))
+    w = Watched(browser)
+    w.page.goto(path.as_uri())
+    w.page.wait_for_selector("body[data-ready='1']")
+    assert w.page.locator("#grid td").count() == 0  # no 90,000-cell table
+    box = w.page.locator("#canvas").bounding_box()
+    w.page.mouse.move(box["x"] + box["width"] * 150.5 / n, box["y"] + 50)  # column of query 150
+    assert w.page.inner_text("#weights h2") == "query 150: w150"
+    shown = w.page.eval_on_selector_all("#weights li .w",
+                                        "ws => ws.map(x => parseFloat(x.textContent))")
+    assert shown == pytest.approx(torch.topk(patterns[0, 1, 150], 20).values.tolist(), abs=6e-4)
+    before = w.page.evaluate("document.getElementById('canvas').toDataURL()")
+    w.page.select_option("#head", "0")
+    assert w.page.evaluate("document.getElementById('canvas').toDataURL()") != before
+    assert w.screenshot_spread("#canvas") > 0.05
+    assert w.errors == [] and w.non_local() == []
+    w.page.close()
+
+
 @pytest.fixture(scope="module")
 def explorer(minilm):
     """The explorer app served for real by uvicorn on 127.0.0.1, in a thread."""
