@@ -124,6 +124,9 @@ def attnkit_mask(
     ``attention_mask`` is the 2-D ``(B, kv_offset + kv_length)`` padding mask (True = token);
     ``mask_function(b, h, q_idx, kv_idx)`` is transformers' description of the pattern.
     """
+    if isinstance(attention_mask, CompactMask):
+        # already built (generate() prepares masks ahead of the forward pass), like a 4-D tensor
+        return attention_mask
     band = _band(mask_function)
     compact = None
     if band is not None and isinstance(q_offset, int) and isinstance(kv_offset, int):

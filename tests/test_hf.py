@@ -34,8 +34,8 @@ def tiny(kind: str, causal_lm: bool = False) -> torch.nn.Module:
     elif kind == "mistral":  # every layer slides: a window of 5 over sequences of up to 19
         config = t.MistralConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                  num_attention_heads=8, num_key_value_heads=2, sliding_window=5,
-                                 **common)
-        cls = t.MistralModel
+                                 bos_token_id=0, eos_token_id=1, pad_token_id=1, **common)
+        cls = t.MistralForCausalLM if causal_lm else t.MistralModel
     elif kind == "qwen2":  # layer 0 full attention, layer 1 a sliding window of 4
         config = t.Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
@@ -123,14 +123,17 @@ def test_mask_hook_falls_back_to_exact_dense_mask_for_unknown_patterns():
     assert isinstance(dense, torch.Tensor) and torch.equal(dense, expected)
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_generate_with_kv_cache_gives_eager_tokens(kind):
+@pytest.mark.parametrize("kind, cache", [("llama", None), ("gpt2", None), ("mistral", None),
+                                         ("llama", "static")])
+def test_generate_with_kv_cache_gives_eager_tokens(kind, cache):
+    """Decoding one token at a time over a growing cache (causal aligned bottom-right), past the
+    Mistral window of 5, and with a static cache (whose mask attnkit takes dense)."""
     model = tiny(kind, causal_lm=True)
     ids, mask = batch(n=2, length=7)
     mask[1] = 1
     mask[1, :3] = 0  # left padding, as generation wants
     settings = dict(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
-                    pad_token_id=1, eos_token_id=None)
+                    pad_token_id=1, eos_token_id=None, cache_implementation=cache)
     tokens = {}
     for implementation in ("eager", "attnkit"):
         model.set_attn_implementation(implementation)
