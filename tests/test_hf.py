@@ -52,7 +52,8 @@ def batch(n: int = 3, length: int = 19) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(2, VOCAB, (n, length), generator=g)
     mask = torch.ones(n, length, dtype=torch.long)
-    mask[1, length - 6:] = 0
+    if n > 1:
+        mask[1, length - 6:] = 0
     if n > 2:
         mask[2, :5] = 0
     return ids, mask
@@ -186,3 +187,20 @@ def test_model_without_attention_interface_is_refused_naming_it():
         check_supported(model)
     with pytest.raises(TypeError, match="Sequential is not a Hugging Face transformers model"):
         use_attnkit(torch.nn.Sequential())
+
+
+def test_a_4d_additive_mask_from_the_user_equals_eager():
+    """A ready-made 4-D float mask (0 = attend, dtype-min = hidden, anything else a bias) goes
+    to attnkit as mask + bias; here: two packed sequences of 8 and 11 tokens, each causal."""
+    model = tiny("llama")
+    ids = batch(n=1)[0]
+    pos = torch.arange(19)
+    same_doc = (pos[:, None] < 8) == (pos[None, :] < 8)
+    allowed = same_doc & (pos[None, :] <= pos[:, None])  # (19, 19) [query, key]
+    additive = torch.zeros(1, 1, 19, 19).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    additive[..., 10, 9] = 0.5  # a bias on one visible cell
+    eager = run(model, "eager", input_ids=ids, attention_mask=additive).last_hidden_state
+    ours = run(model, "attnkit", input_ids=ids, attention_mask=additive).last_hidden_state
+    assert (ours - eager).abs().max() <= 1e-5
+    plain = run(model, "attnkit", input_ids=ids).last_hidden_state  # one causal sequence
+    assert (ours - plain)[0, 8:].abs().max() > 1e-3  # the mask mattered
