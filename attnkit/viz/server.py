@@ -12,7 +12,7 @@ import collections
 import hashlib
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ __all__ = ["create_app", "MAX_TOKENS"]
 MAX_TOKENS = 16_384  # the longest input the explorer takes, whatever the model
 KEEP = 4  # captures kept in memory (most recent first out)
 VIEW = 256  # a view is at most VIEW x VIEW cells
+VIEWS_KEPT = 32  # views cached per text: switching back to a head or zooming out is instant
 
 
 class CaptureRequest(BaseModel):
@@ -40,6 +41,17 @@ class Session:
     capture: Any
     tokens: list[str]
     n: int
+    views: collections.OrderedDict = field(default_factory=collections.OrderedDict)
+
+    def view(self, key: tuple, make: Any) -> dict[str, Any]:
+        """A view from the cache (the last ``VIEWS_KEPT``), or made now and kept."""
+        if key in self.views:
+            self.views.move_to_end(key)
+            return self.views[key]
+        made = self.views[key] = make()
+        while len(self.views) > VIEWS_KEPT:
+            self.views.popitem(last=False)
+        return made
 
 
 def _fail(status: int, message: str) -> HTTPException:
@@ -124,10 +136,10 @@ def create_app(model_name: str = "minilm", *, model: Any = None, tokenizer: Any 
         rows = (r0, session.n if r1 is None else r1)
         cols = (c0, session.n if c1 is None else c1)
         try:
-            view = pooled(source, rows=rows, cols=cols, size=size, reduce=reduce)
+            return session.view((layer, head, rows, cols, size, reduce), lambda: pooled(
+                source, rows=rows, cols=cols, size=size, reduce=reduce).to_dict())
         except ValueError as err:
             raise _fail(400, str(err)) from None
-        return view.to_dict()
 
     @app.get("/api/top")
     def api_top(id: str, layer: int, head: int, query: int,
