@@ -49,13 +49,19 @@ def _minilm_path() -> str:
 
 
 def _load_toy() -> tuple[nn.Module, Any]:
-    try:
-        from attnkit.experiments.adjectives import load_toy
-    except ImportError as e:
+    import importlib
+
+    errors = []
+    for module in ("attnkit.experiments.adjectives", "attnkit.experiments.toy"):
+        try:
+            load_toy = importlib.import_module(module).load_toy
+            break
+        except (ImportError, AttributeError) as e:
+            errors.append(f"{module}: {e}")
+    else:
         raise FileNotFoundError(
-            "the toy adjective model is not available in this attnkit (attnkit.experiments."
-            f"adjectives.load_toy could not be imported: {e}); bundled models: {_bundled_list()}"
-        ) from e
+            "the toy adjective model is not available in this attnkit (no load_toy in "
+            f"{'; '.join(errors)}); bundled models: {_bundled_list()}")
     model, tokenizer = load_toy()
     return model.eval(), tokenizer
 

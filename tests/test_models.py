@@ -83,13 +83,14 @@ def test_unknown_name_lists_the_bundled_ones(tmp_path):
         attnkit.load_model(3)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("attnkit.experiments.adjectives") is None,
-                    reason="attnkit.experiments.adjectives (the toy model) is not here yet")
+@pytest.mark.skipif(all(importlib.util.find_spec(f"attnkit.experiments.{m}") is None
+                        for m in ("adjectives", "toy")),
+                    reason="the toy model (attnkit.experiments.adjectives) is not here yet")
 def test_toy_model_loads_describes_and_captures():
     model, tokenizer = attnkit.load_model("toy")
     info = model_info(model)
     assert info["n_layers"] >= 1 and info["n_heads"] >= 1 and info["max_len"] > 0
-    cap = run_and_capture(model, tokenizer, "the fluffy cat sleeps")
+    cap = run_and_capture(model, tokenizer, "the fluffy cat roamed the verdant forest")
     assert cap.tokens is not None and cap.layers == list(range(info["n_layers"]))
     row = cap.pattern(0, 0, rows=slice(-1, None))
     assert torch.allclose(row.sum(), torch.tensor(1.0), atol=1e-5)
