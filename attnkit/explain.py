@@ -281,18 +281,24 @@ def _has_adjective_and_noun(words: Sequence[str]) -> bool:
     return first_adjective is not None and any(w in nouns for w in lower[first_adjective + 1:])
 
 
-def _find_adjective_head(model: str | nn.Module) -> tuple[int, int, str] | None:
+def _find_adjective_head(model: str | nn.Module, tokenizer: Any) -> tuple[int, int, str] | None:
     """The head ``attnkit.find_heads`` ranks best for nouns looking at their adjectives."""
     try:
         from attnkit.inspect.heads import find_heads
     except ImportError:
         return None
-    result = find_heads(model=model, relation="adjectives")
+    if isinstance(model, str):
+        result = find_heads(model=model, relation="adjectives")
+    else:
+        result = find_heads(model=model, relation="adjectives", tokenizer=tokenizer)
     layer, head = result.best
     score = next((s for lay, hd, s in result.ranking if (lay, hd) == (layer, head)), None)
     how = "found by find_heads(relation='adjectives')"
     if score is not None:
         how += f": score {score:.2f} vs baseline {result.baseline:.2f}"
+        previous = getattr(result, "baseline_previous", None)
+        if previous is not None:  # a previous-token head also scores well: say so
+            how += f" (a head looking only at the previous token scores {previous:.2f})"
     return layer, head, how
 
 
@@ -369,7 +375,7 @@ def explain(text: str, model: str | nn.Module = "minilm", layer: int | None = No
         layer, head = 0, 0
         choice = "layer 0 head 0 (the default: the text has no adjective before a noun)"
         if find == "adjectives" or (find is None and _has_adjective_and_noun(text.split())):
-            found = _find_adjective_head(model)
+            found = _find_adjective_head(model, tokenizer)
             if found is None:
                 choice = ("layer 0 head 0: find_heads (the adjective search) is not available "
                           "in this installation")

@@ -188,3 +188,11 @@ def test_long_input_keeps_the_chosen_head_and_pools_the_others(tiny_long_bert, m
                                          r"and stops at 1,024 tokens\. Explore longer texts with "
                                          r"`attnkit serve --model tiny`"):
         explain("word " * 1100, tiny_long_bert, 0, 0, tokenizer=tokenizer, model_name="tiny")
+
+
+def test_default_head_is_found_for_adjectives_and_nouns():
+    exp = explain(TEXT)  # has adjectives before nouns: find_heads chooses
+    ranking = attnkit.find_heads("minilm", relation="adjectives")
+    assert (exp.layer, exp.head) == ranking.best
+    assert exp.choice.startswith("found by find_heads(relation='adjectives'): score ")
+    assert exp.model_name == "minilm"
