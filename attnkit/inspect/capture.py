@@ -89,7 +89,9 @@ class Capture:
 
     Layers are numbered like the model's: a Hugging Face attention module's ``layer_idx``, or the
     order of attnkit MultiHeadAttention/AttentionHead modules in ``model.modules()``. When a layer
-    runs several times inside the block (decoding steps) the last call is kept.
+    runs again inside the block, a decoding step over a KV cache (its keys extend the previous
+    call's by one per query) adds its queries as new rows, so after ``generate()`` the capture
+    holds the whole sequence; any other call replaces what the layer had.
     """
 
     def __init__(self, model: nn.Module, layers: list[int] | None, heads: list[int] | None):
@@ -137,7 +139,12 @@ class Capture:
             raise ValueError(f"capture(heads={self._wanted_heads}): layer {layer} of "
                              f"{self._model_name} has {hq} heads (0..{hq - 1}); no head {missing}")
         options = dict(options)
-        q, k, lse = q.detach(), k.detach(), lse.detach()
+        for name in ("mask", "bias"):  # as 4-D (B|1, H|1, Sq|1, Sk|1), detached
+            t = options.get(name)
+            if isinstance(t, torch.Tensor):
+                options[name] = t.detach().reshape((1,) * (4 - t.dim()) + tuple(t.shape))
+        # copies: a KV cache may hand out views of buffers it later overwrites
+        q, k, lse = q.detach().clone(), k.detach().clone(), lse.detach()
         if self._wanted_heads is not None:
             index = torch.tensor(heads, device=q.device)
             kv_index = index // (hq // hkv)  # the key head each kept query head reads
@@ -146,12 +153,15 @@ class Capture:
             k = k.index_select(1, kv_index)  # (B, H, Sk, D)
             for name in ("mask", "bias"):
                 t = options.get(name)
-                if t is not None and t.dim() == 4 and t.shape[1] > 1:
+                if t is not None and t.shape[1] > 1:
                     options[name] = t.index_select(1, index)
-        for name in ("mask", "bias"):
-            if isinstance(options.get(name), torch.Tensor):
-                options[name] = options[name].detach()
-        self._records[layer] = Record(q, k, lse, options, tuple(heads), hq)
+        record = Record(q, k, lse, options, tuple(heads), hq)
+        previous = self._records.get(layer)
+        if previous is not None and _continues(previous, record):
+            # a decoding step over a KV cache: its queries are the next rows of one pattern
+            record = Record(torch.cat([previous.q, q], dim=2), k,
+                            torch.cat([previous.lse, lse], dim=2), options, tuple(heads), hq)
+        self._records[layer] = record
 
     # ---- what was recorded ---------------------------------------------------------------------
 
@@ -281,6 +291,28 @@ class Capture:
         seen = _pattern(torch.zeros_like(q), k, torch.zeros_like(lse), rows=rows, cols=cols,
                         **{**opts, "bias": None})[0, 0]
         return s.masked_fill(seen == 0, float("-inf"))
+
+
+def _continues(old: Record, new: Record) -> bool:
+    """Whether ``new`` is ``old``'s sequence one decoding step on: its keys are ``old``'s keys
+    followed by one key per new query, with the same options. Then, with causal and windows
+    aligned bottom-right, ``old``'s queries keep their diagonals in the joined record."""
+    sk_old = old.k.shape[2]
+    if (new.q.shape[:2] != old.q.shape[:2] or new.k.shape[2] != sk_old + new.q.shape[2]
+            or new.heads != old.heads or new.q.dtype != old.q.dtype):
+        return False
+    a, b = dict(old.options), dict(new.options)
+    if a.pop("bias", None) is not None or b.pop("bias", None) is not None:
+        return False
+    mask_a, mask_b = a.pop("mask", None), b.pop("mask", None)
+    if a != b:
+        return False
+    if mask_a is not None or mask_b is not None:  # key padding only, the old part unchanged
+        if mask_a is None or mask_b is None or mask_a.shape[2] != 1 or mask_b.shape[2] != 1:
+            return False
+        if not torch.equal(mask_b[..., :sk_old], mask_a):
+            return False
+    return torch.equal(new.k[:, :, :sk_old], old.k)
 
 
 def _take(t: torch.Tensor, index: Index) -> torch.Tensor:

@@ -261,3 +261,55 @@ def test_bad_selection_and_positions_are_refused_clearly():
         cap.pattern(0, 0, batch=1)
     with pytest.raises(ValueError, match="rows has positions outside 0..2"):
         cap.pattern(0, 0, rows=torch.tensor([5]))
+
+
+# ---- decoding over a KV cache ---------------------------------------------------------------
+
+def test_decoding_steps_with_attnkit_kv_cache_join_into_one_pattern():
+    """Prompt of 5, then 3 single-token steps through the core's KVCache: the capture holds 8
+    query rows, equal to the plain causal softmax over the whole sequence."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, n_kv_heads=2).eval()
+    E = torch.randn(1, 8, 16)
+    cache = mha.new_cache(1, 8)
+    with torch.no_grad(), attnkit.capture(mha) as cap:
+        mha(E[:, :5], cache=cache)
+        for t in range(5, 8):
+            mha(E[:, t:t + 1], cache=cache)
+    assert cap.queries(0).shape == (1, 4, 8, 4) and cap.seq_len() == 8
+    with torch.no_grad():
+        cache.reset()  # the cache's buffers get reused; the capture kept its own copy
+        mha(torch.randn(1, 8, 16), cache=cache)
+    with torch.no_grad():
+        for h, head in enumerate(mha.heads()):
+            assert (cap.pattern(0, h) - head.pattern(E)[0]).abs().max() <= 1e-6
+    with torch.no_grad(), attnkit.capture(mha) as again:
+        mha(E[:, :5], cache=mha.new_cache(1, 8))
+        mha(E[:, :3])  # a new sequence, not a step: it replaces the record
+    assert again.queries(0).shape[2] == 3
+
+
+def test_generate_inside_capture_holds_the_whole_generated_sequence():
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=64,
+                                      pad_token_id=1, bos_token_id=0, eos_token_id=1)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.set_attn_implementation("attnkit")
+    inputs = padded_batch()
+    inputs["attention_mask"][1] = 1
+    inputs["attention_mask"][1, :3] = 0  # left padding only, for generation
+    with torch.no_grad(), attnkit.capture(model) as cap:
+        tokens = model.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=1,
+                                eos_token_id=None)
+    fed = tokens[:, :-1]  # the last generated token is never fed back
+    mask = torch.cat([inputs["attention_mask"], torch.ones(3, 4, dtype=torch.long)], dim=1)
+    assert cap.queries(0).shape[2] == fed.shape[1] == 15
+    eager = eager_attentions(model, input_ids=fed, attention_mask=mask)
+    real = mask.bool()
+    for layer in (0, 1):
+        for head in range(4):
+            for b in range(3):
+                ours = cap.pattern(layer, head, batch=b)[real[b]]
+                assert (ours - eager[layer][b, head][real[b]]).abs().max() <= 1e-5
