@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
     "attnkit", derandomize=True, deadline=None, max_examples=40, print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                           HealthCheck.function_scoped_fixture],
 )
 settings.load_profile("attnkit")
 

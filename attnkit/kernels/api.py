@@ -43,7 +43,8 @@ class Backend:
 
 
 _REGISTRY: dict[str, Backend] = {}
-_SCOPED: contextvars.ContextVar[str | None] = contextvars.ContextVar("attnkit_backend", default=None)
+_SCOPED: contextvars.ContextVar[str | None] = contextvars.ContextVar("attnkit_backend",
+                                                                     default=None)
 
 
 def register_backend(backend: Backend) -> None:
@@ -52,7 +53,7 @@ def register_backend(backend: Backend) -> None:
 
 
 def backends() -> dict[str, str]:
-    """The registered backends: ``{name: description}``, in the order ``backend=None`` tries them."""
+    """The registered backends, ``{name: description}``, in the order ``backend=None`` tries."""
     ordered = sorted(_REGISTRY.values(), key=lambda b: -b.priority)
     return {b.name: b.description for b in ordered}
 
@@ -91,7 +92,8 @@ def attention(
 
     Args:
         q: ``(B, Hq, Sq, D)`` queries.
-        k: ``(B, Hkv, Sk, D)`` keys; ``Hq % Hkv == 0`` (query head ``h`` reads kv head ``h // (Hq/Hkv)``).
+        k: ``(B, Hkv, Sk, D)`` keys; ``Hq % Hkv == 0`` (query head ``h`` reads kv head
+            ``h // (Hq/Hkv)``).
         v: ``(B, Hkv, Sk, Dv)`` values.
         causal: query ``i`` sees keys ``j <= i + Sk - Sq`` (aligned bottom-right, as a KV cache
             needs)::
@@ -103,7 +105,8 @@ def attention(
         window: ``(left, right)``: query ``i`` sees keys within ``left`` before and ``right`` after
             its diagonal ``i + Sk - Sq``; ``None`` on a side means unbounded.
         mask: boolean, True = may attend, broadcastable to ``(B, Hq, Sq, Sk)``.
-        bias: additive float, broadcastable to ``(B, Hq, Sq, Sk)``; gets a gradient if it requires one.
+        bias: additive float, broadcastable to ``(B, Hq, Sq, Sk)``; gets a gradient if it
+            requires one.
         scale: multiplies the dot products; default ``1/sqrt(D)``.
         return_lse: also return the log-sum-exp of each query's scaled scores.
         backend: ``"reference"``, ``"blockwise"``, ``"sdpa"`` or any registered name; None picks
@@ -126,7 +129,8 @@ def _choose(name: str | None, spec: MaskSpec, return_lse: bool, q: torch.Tensor)
         chosen = _lookup(name)
         why = chosen.unsupported(spec, return_lse, q)
         if why is not None:
-            able = [b.name for b in _REGISTRY.values() if b.unsupported(spec, return_lse, q) is None]
+            able = [b.name for b in _REGISTRY.values()
+                    if b.unsupported(spec, return_lse, q) is None]
             raise ValueError(f"backend {name!r} does not support {why}; "
                              f"use backend={able[0]!r} (backends that can: {', '.join(able)})")
         return chosen
@@ -137,13 +141,14 @@ def _choose(name: str | None, spec: MaskSpec, return_lse: bool, q: torch.Tensor)
 
 
 def validate(q, k, v, *, causal=False, window=None, mask=None, bias=None, scale=None):
-    """Check shapes, dtypes, devices and options; return ``(MaskSpec, scale)`` or raise a clear error."""
+    """Check shapes, dtypes, devices and options; return ``(MaskSpec, scale)`` or raise clearly."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D (batch, heads, seq, head_dim); got shape "
-                             f"{tuple(t.shape)}. For one sequence use {name}[None, None] or .unsqueeze(0)")
+                             f"{tuple(t.shape)}. For one sequence use {name}[None, None] "
+                             "or .unsqueeze(0)")
         if not t.is_floating_point():
             raise TypeError(f"{name} must be floating point (float32, bfloat16, float16, float64); "
                             f"got {t.dtype}")
@@ -166,7 +171,8 @@ def validate(q, k, v, *, causal=False, window=None, mask=None, bias=None, scale=
     if hkv == 0 or hq % hkv != 0:
         divisors = [n for n in range(1, hq + 1) if hq % n == 0]
         raise ValueError(f"q has {hq} heads and k/v have {hkv}; query heads must be a multiple of "
-                         f"key/value heads (grouped-query attention). k/v heads could be one of {divisors}")
+                         "key/value heads (grouped-query attention). "
+                         f"k/v heads could be one of {divisors}")
     window = _check_window(window)
     full = (b, hq, sq, sk)
     mask = _check_broadcast("mask", mask, full, q.device)
@@ -175,13 +181,15 @@ def validate(q, k, v, *, causal=False, window=None, mask=None, bias=None, scale=
         raise TypeError(f"mask must be boolean (True = may attend); got {mask.dtype}. "
                         "For an additive float mask pass it as bias=")
     if bias is not None and not bias.is_floating_point():
-        raise TypeError(f"bias must be a floating-point tensor (added to the scores); got {bias.dtype}. "
+        raise TypeError("bias must be a floating-point tensor (added to the scores); "
+                        f"got {bias.dtype}. "
                         "For a True/False mask pass it as mask=")
     if scale is None:
         scale = 1.0 / math.sqrt(d) if d > 0 else 1.0
     elif not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"scale must be a finite number; got {scale!r}")
-    spec = MaskSpec(sq=sq, sk=sk, hq=hq, hkv=hkv, causal=bool(causal), window=window, mask=mask, bias=bias)
+    spec = MaskSpec(sq=sq, sk=sk, hq=hq, hkv=hkv, causal=bool(causal), window=window, mask=mask,
+                    bias=bias)
     return spec, float(scale)
 
 
@@ -189,22 +197,25 @@ def _check_window(window):
     if window is None:
         return None
     if not isinstance(window, (tuple, list)) or len(window) != 2:
-        raise ValueError(f"window must be a pair (left, right) of ints >= 0 or None; got {window!r}")
+        raise ValueError("window must be a pair (left, right) of ints >= 0 or None; "
+                         f"got {window!r}")
     for side, size in zip(("left", "right"), window):
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-            raise ValueError(f"window={tuple(window)}: the {side} size must be an int >= 0, or None "
+            raise ValueError(f"window={tuple(window)}: the {side} size must be an int >= 0, "
+                             "or None "
                              "for unbounded; e.g. window=(128, 0) looks 128 keys back")
     return tuple(window)
 
 
 def _check_broadcast(name, t, full, device):
-    """Return ``t`` as a 4-D view ``(B|1, Hq|1, Sq|1, Sk|1)`` or raise naming the shapes that work."""
+    """``t`` as a 4-D view ``(B|1, Hq|1, Sq|1, Sk|1)``, or an error naming shapes that work."""
     if t is None:
         return None
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
     if t.device != device:
-        raise ValueError(f"{name} is on {t.device} but q is on {device}; move it with .to(q.device)")
+        raise ValueError(f"{name} is on {t.device} but q is on {device}; "
+                         "move it with .to(q.device)")
     shape = tuple(t.shape)
     if t.dim() > 4 or any(s not in (1, f) for s, f in zip(shape[::-1], full[::-1])):
         b, h, sq, sk = full
@@ -254,7 +265,8 @@ def pattern(
     q_rows = q[:, :, rows] if isinstance(rows, slice) else q.index_select(2, rows)
     k_cols = k[:, :, cols] if isinstance(cols, slice) else k.index_select(2, cols)
     q5 = q_rows.to(work).view(b, spec.hkv, g, -1, d)  # (B, Hkv, G, R, D)
-    s = torch.matmul(q5, k_cols.to(work).unsqueeze(2).transpose(-1, -2)) * scale  # (B, Hkv, G, R, C)
+    kt = k_cols.to(work).unsqueeze(2).transpose(-1, -2)  # (B, Hkv, 1, D, C)
+    s = torch.matmul(q5, kt) * scale  # (B, Hkv, G, R, C)
     s = s.permute(0, 1, 3, 2, 4)  # grouped-rows layout (B, Hkv, R, G, C), as masks.py slices
     bias_t = spec.tile_bias(rows, cols)
     if bias_t is not None:
@@ -284,14 +296,14 @@ def _check_index(name: str, index, size: int):
     return index.long() % size
 
 
-def _blockwise_unsupported(spec: MaskSpec, return_lse: bool, q: torch.Tensor) -> str | None:
+def _supports_everything(spec: MaskSpec, return_lse: bool, q: torch.Tensor) -> None:
     return None
 
 
-register_backend(Backend("reference", reference_attention, lambda spec, lse, q: None, priority=0,
-                         description="materialized scores in the input dtype; the float64 oracle"))
-register_backend(Backend("blockwise", blockwise_attention, _blockwise_unsupported, priority=10,
-                         description="tiles + online softmax, memory linear in length, own backward"))
-register_backend(Backend("sdpa", lambda q, k, v, spec, scale: sdpa_attention(q, k, v, spec, scale),
-                         lambda spec, lse, q: sdpa_unsupported(spec, lse), priority=5, auto=False,
+register_backend(Backend("blockwise", blockwise_attention, _supports_everything, priority=10,
+                         description="tiles, online softmax, linear memory, own backward"))
+register_backend(Backend("sdpa", sdpa_attention, lambda spec, lse, q: sdpa_unsupported(spec, lse),
+                         priority=5, auto=False,
                          description="torch.nn.functional.scaled_dot_product_attention"))
+register_backend(Backend("reference", reference_attention, _supports_everything, priority=0,
+                         description="materialized scores in the input dtype; the float64 oracle"))

@@ -1,24 +1,35 @@
 """The blockwise backend: exact attention over tiles of queries and keys, memory linear in length.
 
-Forward: for each tile of queries, visit only the key tiles the causal/window band lets it see;
-each tile gives a partial ``(out, lse)`` that ``merge`` folds into the running result (online
-softmax). Backward (FlashAttention-2 style): from the saved ``out`` and ``lse`` recompute each
-tile's probabilities ``P = exp(S - lse)`` and accumulate ``dQ, dK, dV`` (and ``dBias``) tile by
-tile, so neither pass ever holds an ``Sq x Sk`` tensor.
+Forward (FlashAttention-2's online softmax): each tile of queries visits only the key tiles the
+causal/window band lets it see, keeping a running max, a running sum and an unnormalized output.
+When there are too few query tiles to keep every core busy (decoding), the key tiles of a query
+tile are split between workers and their partial ``(out, lse)`` are combined with ``merge``.
+Backward: from the saved ``out`` and ``lse`` recompute each tile's probabilities
+``P = exp(S - lse)`` and accumulate ``dQ, dK, dV`` (and ``dBias``) tile by tile; neither pass ever
+holds an ``Sq x Sk`` tensor.
 
 Internally queries are "grouped rows": ``(B, Hkv, Sq*G, D)`` where row ``i*G + g`` is query ``i``
 of head ``hkv*G + g``, so grouped-query heads share one key tile in a single matmul.
+Work is spread over ``torch.get_num_threads()`` Python threads, each running single-threaded
+torch ops on its own tiles (no barrier after every small op, tiles stay in the core's cache).
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 
 from attnkit.kernels.masks import MaskSpec
 from attnkit.kernels.merge import merge
 
-BLOCK_Q = 256  # query positions per tile (rows = BLOCK_Q * G)
-BLOCK_K = 512  # keys per tile
+BLOCK_Q = 128  # query positions per tile (rows = BLOCK_Q * G)
+BLOCK_K = 1024  # keys per tile
+MIN_PARALLEL_WORK = 1 << 22  # score entries below which one thread does everything
 
 
 def blockwise_attention(
@@ -27,22 +38,23 @@ def blockwise_attention(
     """Exact attention by tiles. Shapes as in ``attnkit.attention``: q ``(B, Hq, Sq, D)``,
     k ``(B, Hkv, Sk, D)``, v ``(B, Hkv, Sk, Dv)`` → out ``(B, Hq, Sq, Dv)``, lse ``(B, Hq, Sq)``."""
     bias_grad = spec.bias is not None and spec.bias.requires_grad
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or bias_grad):
+    needs_grad = q.requires_grad or k.requires_grad or v.requires_grad or bias_grad
+    if torch.is_grad_enabled() and needs_grad:
         return _BlockwiseFunction.apply(q, k, v, spec.bias, spec, scale)
     return _forward(q, k, v, spec, scale)
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+# ---- layout ------------------------------------------------------------------------------------
 
 
-def _grouped(q: torch.Tensor, hkv: int) -> torch.Tensor:
-    """``(B, Hq, S, D)`` → ``(B, Hkv, S*G, D)`` grouped rows (a copy only when G > 1)."""
-    b, hq, s, d = q.shape
+def _grouped(x: torch.Tensor, hkv: int) -> torch.Tensor:
+    """``(B, Hq, S, ...)`` → ``(B, Hkv, S*G, ...)`` grouped rows (a copy only when G > 1)."""
+    b, hq, s = x.shape[:3]
     g = hq // hkv
     if g == 1:
-        return q
-    return q.view(b, hkv, g, s, d).transpose(2, 3).reshape(b, hkv, s * g, d)
+        return x
+    rest = x.shape[3:]
+    return x.view(b, hkv, g, s, *rest).transpose(2, 3).reshape(b, hkv, s * g, *rest)
 
 
 def _ungrouped(x: torch.Tensor, hq: int) -> torch.Tensor:
@@ -55,89 +67,191 @@ def _ungrouped(x: torch.Tensor, hq: int) -> torch.Tensor:
     return x.view(b, hkv, sg // g, g, *rest).transpose(2, 3).reshape(b, hq, sg // g, *rest)
 
 
-def _tiles(spec: MaskSpec):
-    """Yield ``(q0, q1, [(k0, k1, needs_band_mask), ...])`` for every query tile; hidden tiles are absent."""
+def _prepare(q, k, v, spec: MaskSpec, scale: float):
+    """Work-dtype copies: q scaled in grouped rows ``(B, Hkv, Sq*G, D)``, k, v contiguous."""
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qg = _grouped(q.to(work) * scale, spec.hkv).contiguous()
+    return qg, k.to(work).contiguous(), v.to(work).contiguous()
+
+
+# ---- which tiles, on which thread ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One unit of work: batches ``[b0, b1)``, queries ``[q0, q1)``, and the key tiles to visit
+    as ``(k0, k1, needs_band_mask)``."""
+
+    b0: int
+    b1: int
+    q0: int
+    q1: int
+    keys: tuple[tuple[int, int, bool], ...]
+
+
+def _plan(spec: MaskSpec, batch: int, workers: int, split_keys: bool) -> list[_Item]:
+    """The tiles the band leaves visible, cut into at least ``workers`` items when possible:
+    by query tile, then by batch, then (``split_keys``) by splitting one query tile's keys."""
+    query_tiles = []
     for q0 in range(0, spec.sq, BLOCK_Q):
         q1 = min(q0 + BLOCK_Q, spec.sq)
         lo, hi = spec.key_range(q0, q1)
-        keys = []
-        for k0 in range(lo, hi, BLOCK_K):
-            k1 = min(k0 + BLOCK_K, hi)
-            keys.append((k0, k1, not spec.band_inside(q0, q1, k0, k1)))
-        yield q0, q1, keys
+        starts = range(lo, hi, BLOCK_K)
+        keys = [(k0, min(k0 + BLOCK_K, hi)) for k0 in starts]
+        query_tiles.append((q0, q1, tuple((k0, k1, not spec.band_inside(q0, q1, k0, k1))
+                                          for k0, k1 in keys)))
+    batch_parts = min(batch, workers) if len(query_tiles) < 2 * workers else 1
+    short = split_keys and len(query_tiles) * batch_parts < workers
+    items = []
+    for part in range(batch_parts):
+        b0, b1 = batch * part // batch_parts, batch * (part + 1) // batch_parts
+        for q0, q1, keys in query_tiles:
+            pieces = max(1, min(workers, len(keys))) if short else 1
+            for i in range(pieces):
+                chunk = keys[len(keys) * i // pieces : len(keys) * (i + 1) // pieces]
+                items.append(_Item(b0, b1, q0, q1, chunk))
+    # largest first, so the threads finish together
+    return sorted(items, key=lambda it: -sum(k1 - k0 for k0, k1, _ in it.keys) * (it.q1 - it.q0))
+
+
+def _workers(spec: MaskSpec, batch: int) -> int:
+    threads = torch.get_num_threads()
+    work = batch * spec.hq * spec.sq * spec.sk
+    return threads if threads > 1 and work >= MIN_PARALLEL_WORK else 1
+
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 1
+
+
+@contextlib.contextmanager
+def _single_threaded_ops() -> Iterator[None]:
+    """torch ops run on one thread each while our own worker threads share the cores."""
+    global _threads_users, _threads_saved
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)
+
+
+def _run(items: list[_Item], work: Callable[[_Item], object], workers: int) -> list[object]:
+    """``[work(item) for item in items]``, on ``workers`` threads when there is more than one."""
+    def untracked(item: _Item) -> object:
+        with torch.no_grad():  # grad mode is per thread; kernels never build autograd graphs
+            return work(item)
+
+    if workers <= 1 or len(items) <= 1:
+        return [untracked(item) for item in items]
+    with _single_threaded_ops(), ThreadPoolExecutor(min(workers, len(items))) as pool:
+        return list(pool.map(untracked, items))
+
+
+# ---- scores of one tile ----------------------------------------------------------------------
 
 
 class _TileScores:
-    """Scaled, masked scores of one tile, ``(B, Hkv, tq*G, tk)``; masks come from a small cache."""
+    """Scaled, masked scores of one tile, ``(b, Hkv, tq*G, tk)``; band masks come from a cache."""
 
     def __init__(self, spec: MaskSpec, device: torch.device):
         self.spec = spec
         self.device = device
         self.band_cache: dict[tuple[int, int, int], torch.Tensor] = {}
 
-    def __call__(self, qt, kt, q0, q1, k0, k1, band: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def may_hide_rows(self, band: bool) -> bool:
+        """Can some query of this tile see no key of it (so its row max is -inf)?"""
+        return band or self.spec.mask is not None or self.spec.bias is not None
+
+    def __call__(self, qt: torch.Tensor, kt: torch.Tensor, item: _Item, k0: int, k1: int,
+                 band: bool) -> torch.Tensor:
         spec = self.spec
-        s = torch.matmul(qt, kt.transpose(-1, -2))  # (B, Hkv, tq*G, tk), q already scaled
-        b, h, rows, cols = s.shape
-        s5 = s.view(b, h, q1 - q0, spec.groups, cols)
-        bias = spec.tile_bias(slice(q0, q1), slice(k0, k1))
-        if bias is not None:
-            s5.add_(bias)
-        visible = None
+        s = torch.matmul(qt, kt.transpose(-1, -2))  # (b, Hkv, tq*G, tk); q already scaled
+        b, h, _, cols = s.shape
+        s5 = s.view(b, h, item.q1 - item.q0, spec.groups, cols)  # (b, Hkv, tq, G, tk)
+        rows, keys = slice(item.q0, item.q1), slice(k0, k1)
+        if spec.bias is not None:
+            s5.add_(_batch(spec.grouped(spec.bias, rows, keys), item))
+        hidden = None
         if band:
             # the band depends only on the tile's shape and its distance from the diagonal
-            key = (q1 - q0, k1 - k0, k0 - q0)
-            visible = self.band_cache.get(key)
-            if visible is None:
-                rows_i = torch.arange(q0, q1, device=self.device)
-                cols_i = torch.arange(k0, k1, device=self.device)
-                visible = spec.band(rows_i, cols_i)[:, None, :]  # (tq, 1, tk)
-                self.band_cache[key] = visible
+            key = (item.q1 - item.q0, k1 - k0, k0 - item.q0)
+            hidden = self.band_cache.get(key)
+            if hidden is None:
+                seen = spec.band(torch.arange(item.q0, item.q1, device=self.device),
+                                 torch.arange(k0, k1, device=self.device))
+                hidden = self.band_cache.setdefault(key, ~seen[:, None, :])  # (tq, 1, tk)
         if spec.mask is not None:
-            user = spec.grouped(spec.mask, slice(q0, q1), slice(k0, k1))
-            visible = user if visible is None else visible & user
-        if visible is not None:
-            s5.masked_fill_(~visible, float("-inf"))
-        return s, visible
+            user_hidden = ~_batch(spec.grouped(spec.mask, rows, keys), item)
+            hidden = user_hidden if hidden is None else hidden | user_hidden
+        if hidden is not None:
+            s5.masked_fill_(hidden, float("-inf"))
+        return s
 
 
-def _prepare(q, k, v, spec: MaskSpec, scale: float):
-    work = _work_dtype(q.dtype)
-    qg = _grouped(q.to(work) * scale, spec.hkv).contiguous()  # (B, Hkv, Sq*G, D), scaled
-    kw = k.to(work).contiguous()  # (B, Hkv, Sk, D)
-    vw = v.to(work).contiguous()  # (B, Hkv, Sk, Dv)
-    return qg, kw, vw
+def _batch(t: torch.Tensor, item: _Item) -> torch.Tensor:
+    return t if t.shape[0] == 1 else t[item.b0 : item.b1]
+
+
+# ---- forward --------------------------------------------------------------------------------
 
 
 def _forward(q, k, v, spec: MaskSpec, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     qg, kw, vw = _prepare(q, k, v, spec, scale)
     b, hkv, _, _ = qg.shape
     g, dv = spec.groups, v.shape[-1]
+    scores = _TileScores(spec, q.device)
+
+    def attend_tile(item: _Item) -> tuple[torch.Tensor, torch.Tensor]:
+        qt = qg[item.b0 : item.b1, :, item.q0 * g : item.q1 * g]  # (b, Hkv, tq*G, D)
+        # online softmax: running max, running sum, unnormalized output
+        m_run = qt.new_full((*qt.shape[:-1], 1), float("-inf"))  # (b, Hkv, tq*G, 1)
+        l_run = qt.new_zeros(m_run.shape)
+        acc = qt.new_zeros(*qt.shape[:-1], dv)  # (b, Hkv, tq*G, Dv)
+        for k0, k1, band in item.keys:
+            s = scores(qt, kw[item.b0 : item.b1, :, k0:k1], item, k0, k1, band)
+            m_new = torch.maximum(m_run, s.amax(dim=-1, keepdim=True))
+            if scores.may_hide_rows(band):  # a row that has seen no key yet keeps exp() at 0
+                m_new = m_new.masked_fill(torch.isneginf(m_new), 0.0)
+            p = s.sub_(m_new).exp_()  # (b, Hkv, tq*G, tk) unnormalized probabilities
+            alpha = (m_run - m_new).exp_()  # rescales what earlier tiles summed
+            l_run = torch.addcmul(p.sum(dim=-1, keepdim=True), l_run, alpha)
+            acc.mul_(alpha)
+            acc.view(-1, *acc.shape[2:]).baddbmm_(
+                p.view(-1, *p.shape[2:]), vw[item.b0 : item.b1, :, k0:k1].reshape(-1, k1 - k0, dv))
+            m_run = m_new
+        seen = l_run > 0
+        out = acc / torch.where(seen, l_run, torch.ones_like(l_run))
+        lse = torch.where(seen, m_run + l_run.log(), torch.full_like(l_run, float("-inf")))
+        return out, lse.squeeze(-1)
+
+    workers = _workers(spec, b)
+    items = _plan(spec, b, workers, split_keys=True)
     out = qg.new_zeros(b, hkv, spec.sq * g, dv)
     lse = qg.new_full((b, hkv, spec.sq * g), float("-inf"))
-    scores = _TileScores(spec, q.device)
-    for q0, q1, keys in _tiles(spec):
-        qt = qg[:, :, q0 * g : q1 * g]  # (B, Hkv, tq*G, D)
-        acc, acc_lse = out[:, :, q0 * g : q1 * g], lse[:, :, q0 * g : q1 * g]
-        for k0, k1, band in keys:
-            s, _ = scores(qt, kw[:, :, k0:k1], q0, q1, k0, k1, band)
-            m = s.amax(dim=-1, keepdim=True)  # (.., rows, 1)
-            m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)  # rows seeing nothing here
-            p = s.sub_(m).exp_()  # unnormalized probabilities, in place of the scores
-            total = p.sum(dim=-1, keepdim=True)
-            o = torch.matmul(p, vw[:, :, k0:k1]) / total.clamp_min(torch.finfo(p.dtype).tiny)
-            tile_lse = (m + total.log()).squeeze(-1)  # -inf where the tile hid every key
-            acc, acc_lse = merge(acc, acc_lse, o, tile_lse)
-        out[:, :, q0 * g : q1 * g] = acc
-        lse[:, :, q0 * g : q1 * g] = acc_lse
+    for item, (o, l) in zip(items, _run(items, attend_tile, workers)):
+        where = (slice(item.b0, item.b1), slice(None), slice(item.q0 * g, item.q1 * g))
+        # pieces of one query tile's keys combine by the merge rule (the first merges with
+        # the empty result: zeros and lse = -inf, which contributes nothing)
+        out[where], lse[where] = merge(out[where], lse[where], o, l)
     return _ungrouped(out, spec.hq).to(q.dtype), _ungrouped(lse, spec.hq).to(
         torch.float64 if q.dtype == torch.float64 else torch.float32
     )
 
 
+# ---- backward -------------------------------------------------------------------------------
+
+
 def _backward(q, k, v, out, lse, dout, spec: MaskSpec, scale: float, bias_grad: bool):
     qg, kw, vw = _prepare(q, k, v, spec, scale)
-    work, g = qg.dtype, spec.groups
+    work, g, b = qg.dtype, spec.groups, q.shape[0]
     og = _grouped(out.to(work), spec.hkv)  # (B, Hkv, Sq*G, Dv)
     dog = _grouped(dout.to(work), spec.hkv).contiguous()
     lseg = _grouped(lse.to(work).unsqueeze(-1), spec.hkv)  # (B, Hkv, Sq*G, 1)
@@ -145,34 +259,43 @@ def _backward(q, k, v, out, lse, dout, spec: MaskSpec, scale: float, bias_grad: 
     lseg = torch.where(torch.isneginf(lseg), torch.full_like(lseg, float("inf")), lseg)
     delta = (dog * og).sum(dim=-1, keepdim=True)  # (B, Hkv, Sq*G, 1) = rowsum(dO * O)
 
-    dq = torch.zeros_like(qg)
-    dk = torch.zeros_like(kw)
-    dv = torch.zeros_like(vw)
-    dbias = torch.zeros(spec.bias.shape, dtype=work, device=q.device) if bias_grad else None
+    dq = torch.zeros_like(qg)  # each item writes its own rows
     scores = _TileScores(spec, q.device)
-    for q0, q1, keys in _tiles(spec):
-        rows = slice(q0 * g, q1 * g)
-        qt, dot, lt, dt = qg[:, :, rows], dog[:, :, rows], lseg[:, :, rows], delta[:, :, rows]
-        for k0, k1, band in keys:
-            kt, vt = kw[:, :, k0:k1], vw[:, :, k0:k1]
-            s, _ = scores(qt, kt, q0, q1, k0, k1, band)
-            p = s.sub_(lt).exp_()  # (B, Hkv, rows, tk) exact probabilities
-            dv[:, :, k0:k1] += torch.matmul(p.transpose(-1, -2), dot)
-            dp = torch.matmul(dot, vt.transpose(-1, -2))  # (B, Hkv, rows, tk)
+    per_thread = threading.local()  # dK, dV, dBias sums: one set per thread, added at the end
+    sums: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+
+    def grads_of_tile(item: _Item) -> None:
+        if not hasattr(per_thread, "sums"):
+            dbias = torch.zeros(spec.bias.shape, dtype=work, device=q.device) if bias_grad else None
+            per_thread.sums = (torch.zeros_like(kw), torch.zeros_like(vw), dbias)
+            sums.append(per_thread.sums)
+        dk, dv, dbias = per_thread.sums
+        bs, rows = slice(item.b0, item.b1), slice(item.q0 * g, item.q1 * g)
+        qt, dot, lt, dt = qg[bs, :, rows], dog[bs, :, rows], lseg[bs, :, rows], delta[bs, :, rows]
+        dq_t = dq[bs, :, rows]
+        for k0, k1, band in item.keys:
+            kt, vt = kw[bs, :, k0:k1], vw[bs, :, k0:k1]
+            p = scores(qt, kt, item, k0, k1, band).sub_(lt).exp_()  # (b, Hkv, rows, tk) exact P
+            dv[bs, :, k0:k1] += torch.matmul(p.transpose(-1, -2), dot)
+            dp = torch.matmul(dot, vt.transpose(-1, -2))  # (b, Hkv, rows, tk)
             ds = dp.sub_(dt).mul_(p)  # dS = P * (dP - delta)
-            dq[:, :, rows] += torch.matmul(ds, kt)
-            dk[:, :, k0:k1] += torch.matmul(ds.transpose(-1, -2), qt)  # qt carries the scale
+            dq_t += torch.matmul(ds, kt)
+            dk[bs, :, k0:k1] += torch.matmul(ds.transpose(-1, -2), qt)  # qt carries the scale
             if dbias is not None:
-                _add_bias_grad(dbias, ds, spec, q0, q1, k0, k1)
+                _add_bias_grad(dbias, ds, spec, item, k0, k1)
+
+    workers = _workers(spec, b)
+    _run(_plan(spec, b, workers, split_keys=False), grads_of_tile, workers)
+    dk, dv, dbias = (sum(parts) if parts[0] is not None else None for parts in zip(*sums))
     dq = _ungrouped(dq * scale, spec.hq)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias
 
 
-def _add_bias_grad(dbias, ds, spec: MaskSpec, q0, q1, k0, k1):
-    """Add a tile's ``dS (B, Hkv, tq*G, tk)`` into ``dbias (B|1, Hq|1, Sq|1, Sk|1)``."""
+def _add_bias_grad(dbias, ds, spec: MaskSpec, item: _Item, k0: int, k1: int) -> None:
+    """Add a tile's ``dS (b, Hkv, tq*G, tk)`` into ``dbias (B|1, Hq|1, Sq|1, Sk|1)``."""
     b, h, _, tk = ds.shape
-    ds5 = ds.view(b, h, q1 - q0, spec.groups, tk)  # (B, Hkv, tq, G, tk)
-    target = spec.grouped(dbias, slice(q0, q1), slice(k0, k1))  # a view into dbias
+    ds5 = ds.view(b, h, item.q1 - item.q0, spec.groups, tk)  # (b, Hkv, tq, G, tk)
+    target = _batch(spec.grouped(dbias, slice(item.q0, item.q1), slice(k0, k1)), item)  # a view
     sums = [d for d in range(5) if target.shape[d] == 1 and ds5.shape[d] != 1]
     target += ds5.sum(dim=sums, keepdim=True) if sums else ds5
 

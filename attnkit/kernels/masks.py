@@ -20,7 +20,7 @@ Index = slice | torch.Tensor  # a range of positions, or explicit positions (Lon
 
 @dataclass(frozen=True)
 class MaskSpec:
-    """Validated masking options for one call; ``mask``/``bias`` are 4-D ``(B|1, Hq|1, Sq|1, Sk|1)``.
+    """Validated masking options; ``mask`` and ``bias`` are 4-D ``(B|1, Hq|1, Sq|1, Sk|1)``.
 
     Causal and window are aligned bottom-right: with ``offset = Sk - Sq``, query ``i`` sees key
     ``j`` when ``i + offset - left <= j <= i + offset + right`` (``causal`` means ``right = 0``).
@@ -63,7 +63,7 @@ class MaskSpec:
     # ---- which tiles exist -------------------------------------------------------------------
 
     def key_range(self, q0: int, q1: int) -> tuple[int, int]:
-        """Keys ``[lo, hi)`` that any query in ``[q0, q1)`` may see by causal/window (maybe empty)."""
+        """Keys ``[lo, hi)`` that some query in ``[q0, q1)`` may see (may be empty)."""
         lo, hi = 0, self.sk
         if self.left is not None:
             lo = max(lo, q0 + self.offset - self.left)
@@ -82,7 +82,7 @@ class MaskSpec:
     # ---- what applies inside a tile ----------------------------------------------------------
 
     def band(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """Boolean ``(len(rows), len(cols))``: True where the band lets query ``rows[a]`` see key ``cols[b]``."""
+        """Boolean ``(len(rows), len(cols))``: True where query ``rows[a]`` may see ``cols[b]``."""
         diag = rows[:, None] + self.offset  # (R, 1)
         seen = torch.ones(len(rows), len(cols), dtype=torch.bool, device=rows.device)
         if self.right is not None:
@@ -92,7 +92,7 @@ class MaskSpec:
         return seen
 
     def tile_mask(self, rows: Index, cols: Index, device: torch.device) -> torch.Tensor | None:
-        """Combined boolean mask for a tile, broadcastable to ``(B, Hkv, R, G, C)``; None: all visible."""
+        """Boolean mask of a tile, broadcastable to ``(B, Hkv, R, G, C)``; None: all visible."""
         out = None
         if self.has_band:
             r, c = _positions(rows, self.sq, device), _positions(cols, self.sk, device)

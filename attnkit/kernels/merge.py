@@ -25,10 +25,12 @@ def merge(
         either side gets zeros and ``lse = -inf``, never NaN.
     """
     if out1.shape != out2.shape:
-        raise ValueError(f"merge: out1 has shape {tuple(out1.shape)} but out2 has {tuple(out2.shape)}; "
+        raise ValueError(f"merge: out1 has shape {tuple(out1.shape)} but out2 has "
+                         f"{tuple(out2.shape)}; "
                          "both halves must cover the same queries and value dims")
     if lse1.shape != lse2.shape or lse1.shape != out1.shape[:-1]:
-        raise ValueError(f"merge: lse shapes {tuple(lse1.shape)} and {tuple(lse2.shape)} must both be "
+        raise ValueError(f"merge: lse shapes {tuple(lse1.shape)} and {tuple(lse2.shape)} must "
+                         "both be "
                          f"out's shape without its last dim, {tuple(out1.shape[:-1])}")
     work = torch.float64 if out1.dtype == torch.float64 else torch.float32
     a, b = lse1.to(work), lse2.to(work)

@@ -29,7 +29,8 @@ def sdpa_unsupported(spec: MaskSpec, return_lse: bool) -> str | None:
 def sdpa_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, scale: float
 ) -> tuple[torch.Tensor, None]:
-    """q ``(B, Hq, Sq, D)``, k ``(B, Hkv, Sk, D)``, v ``(B, Hkv, Sk, Dv)`` → ``(out (B, Hq, Sq, Dv), None)``."""
+    """q ``(B, Hq, Sq, D)``, k ``(B, Hkv, Sk, D)``, v ``(B, Hkv, Sk, Dv)`` →
+    ``(out (B, Hq, Sq, Dv), None)``."""
     attn_mask = spec.mask
     if spec.bias is not None:
         attn_mask = spec.bias.to(q.dtype)
