@@ -71,8 +71,9 @@ def test_16k_tokens_capture_every_layer_in_linear_memory_and_exact_last_row():
     assert result["layers"] == [0, 1] and result["heads"] == list(range(8))
     assert result["seq_len"] == LENGTH
     growth = result["peak_mib"] - result["rss_before_mib"]
-    # everything the forward pass and the capture added, at its peak
-    assert growth < ONE_PATTERN_MIB / 4, f"peak grew {growth:.0f} MiB during the forward pass"
+    # everything the forward pass and the capture added, at its peak: under half of ONE head's
+    # 16,384² pattern, which eager would hold 8 times per layer (plus the scores)
+    assert growth < ONE_PATTERN_MIB / 2, f"peak grew {growth:.0f} MiB during the forward pass"
     for e in result["errors"]:
         assert e["ours"] <= 2 * e["reference_f32"] + 1e-6, e
         assert abs(e["row_sum"] - 1) <= 1e-4, e
