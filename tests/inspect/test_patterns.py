@@ -71,7 +71,7 @@ def test_pooled_small_region_is_exact(call):
 
 
 def test_long_overview_never_builds_full_pattern(monkeypatch):
-    n = 4096
+    n = 2048
     q = torch.randn(1, 1, n, 16)
     k = torch.randn(1, 1, n, 16)
     _, lse = attention(q, k, k, causal=True, return_lse=True)
@@ -83,10 +83,10 @@ def test_long_overview_never_builds_full_pattern(monkeypatch):
         seen.append(out.numel())
         return out
 
-    monkeypatch.setattr(patterns, "ROW_BUDGET", 256 * 1024)
+    monkeypatch.setattr(patterns, "ROW_BUDGET", 64 * 1024)
     view = pooled(HeadPattern(n, n, spy), size=128)
     assert view.values.shape == (128, 128)
-    assert max(seen) <= 256 * 1024 < n * n
+    assert max(seen) <= 64 * 1024 < n * n
     # the diagonal blocks hold each query's own key, and causal blocks above it are empty
     assert float(view.values[5, 100]) == 0.0
 
