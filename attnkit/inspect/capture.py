@@ -100,6 +100,11 @@ class Capture:
         self._wanted_layers = None if layers is None else sorted(set(int(x) for x in layers))
         self._wanted_heads = None if heads is None else sorted(set(int(h) for h in heads))
         self._table = self._layer_table(model)
+        known = len(self._table)
+        beyond = [x for x in self._wanted_layers or [] if x >= known]
+        if known and beyond:
+            raise ValueError(f"capture(layers={self._wanted_layers}): {self._model_name} has "
+                             f"{known} attention layers (0..{known - 1}); no layer {beyond}")
         self._records: dict[int, Record] = {}
         self._dynamic: dict[int, int] = {}
         self._active = False

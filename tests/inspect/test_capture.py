@@ -153,6 +153,9 @@ def test_layers_heads_rows_and_cols_select_exactly_the_same_numbers():
     assert torch.equal(full.pattern(0, 2, rows=slice(3, 7), cols=slice(0, 5)), whole[3:7, :5])
     picks = torch.tensor([0, 5, 10])
     assert torch.equal(full.pattern(0, 2, rows=picks, cols=picks), whole[picks][:, picks])
+    scores = full.scores(0, 2, batch=1)
+    assert torch.equal(full.scores(0, 2, batch=1, rows=picks, cols=slice(2, 9)),
+                       scores[picks][:, 2:9])
     with pytest.raises(KeyError, match=r"layer 0 was not captured; captured layers: \[1\]"):
         part.pattern(0, 1)
     with pytest.raises(KeyError, match=r"head 3 of layer 1 was not captured; captured heads: "
@@ -250,6 +253,10 @@ def test_bad_selection_and_positions_are_refused_clearly():
     model = TwoLayers().eval()
     with pytest.raises(ValueError, match=r"capture\(layers=...\) takes a list of ints"):
         with attnkit.capture(model, layers=3):
+            pass
+    with pytest.raises(ValueError, match=r"capture\(layers=\[0, 2\]\): TwoLayers has 2 attention "
+                                         r"layers \(0..1\); no layer \[2\]"):
+        with attnkit.capture(model, layers=[2, 0]):
             pass
     with pytest.raises(ValueError, match=r"capture\(heads=\[7\]\): layer 0 of TwoLayers has 4 "
                                          r"heads \(0..3\); no head \[7\]"):
