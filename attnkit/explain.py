@@ -79,13 +79,15 @@ class Explanation:
         from attnkit.viz.terminal import best_keys_lines, terminal_grid
 
         lines = [f"model {self.model_name}   layer {self.layer}   head {self.head}   "
-                 f"({len(self.tokens)} tokens{', causal' if self.causal else ''})",
-                 f"head chosen: {self.choice}" if self.choice else "", *self.notes, ""]
-        lines.append(terminal_grid(self.pattern, self.tokens, causal=self.causal,
-                                   orientation=orientation, color=color))
+                 f"({len(self.tokens)} tokens{', causal' if self.causal else ''})"]
+        if self.choice:
+            lines.append(f"head chosen: {self.choice}")
+        lines += self.notes
+        lines += ["", terminal_grid(self.pattern, self.tokens, causal=self.causal,
+                                    orientation=orientation, color=color)]
         lines += ["", "each query's best-answering key:"]
         lines += best_keys_lines(self.pattern, self.tokens)
-        return "\n".join(line for i, line in enumerate(lines) if line or i > 1)
+        return "\n".join(lines)
 
     # ---- pictures and the page ----------------------------------------------------------------
 
