@@ -165,9 +165,10 @@ def _options(module: Any, query: torch.Tensor, key: torch.Tensor,
         options.update(causal=attention_mask.causal, window=attention_mask.window,
                        mask=attention_mask.padding)
     elif attention_mask is None:
-        # no mask: as SDPA does, trust the module (transformers skips masks only when plain)
+        # no mask: as SDPA does, trust the module (transformers skips masks only when plain);
+        # attnkit's causal is aligned bottom-right, right for a query block after a cache too
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
-        options["causal"] = bool(causal) and sq > 1
+        options["causal"] = bool(causal)
     elif attention_mask.dtype == torch.bool:
         options["mask"] = attention_mask[..., :sk]
     else:

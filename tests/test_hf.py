@@ -9,7 +9,14 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from attnkit.hf import CompactMask, attnkit_mask, check_supported, is_attnkit, use_attnkit  # noqa: E402
+from attnkit.hf import (  # noqa: E402
+    CompactMask,
+    attnkit_attention,
+    attnkit_mask,
+    check_supported,
+    is_attnkit,
+    use_attnkit,
+)
 
 VOCAB = 96
 
@@ -204,3 +211,20 @@ def test_a_4d_additive_mask_from_the_user_equals_eager():
     assert (ours - eager).abs().max() <= 1e-5
     plain = run(model, "attnkit", input_ids=ids).last_hidden_state  # one causal sequence
     assert (ours - plain)[0, 8:].abs().max() > 1e-3  # the mask mattered
+
+
+def test_attention_function_refuses_what_it_cannot_do_exactly():
+    attn = tiny("llama").layers[0].self_attn
+    q, k = torch.randn(1, 8, 5, 8), torch.randn(1, 2, 5, 8)
+    wrong = CompactMask(q_length=5, kv_length=9, causal=True)
+    with pytest.raises(ValueError, match=r"the mask was built for 5 queries x 9 keys but "
+                                         r"LlamaAttention attends with 5 x 5.*DynamicCache"):
+        attnkit_attention(attn, q, k, k, wrong)
+    with pytest.raises(ValueError, match=r"does not support `softcap` \(LlamaAttention\); use "
+                                         r"attn_implementation='eager'"):
+        attnkit_attention(attn, q, k, k, None, softcap=30.0)
+    out, weights = attnkit_attention(attn, q, k, k, None)  # no mask: the module's is_causal
+    assert out.shape == (1, 5, 8, 8) and weights is None
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True,
+                                                                enable_gqa=True)
+    assert (out - expected.transpose(1, 2)).abs().max() <= 1e-6
