@@ -154,3 +154,16 @@ def test_serve_binds_to_localhost_by_default():
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "--port", "70000"], "--port 70000 is not a port number; use 1..65535"),
+    (["serve", "--model", "no/such-model-here", "--port", "8799"],
+     "unknown model 'no/such-model-here'"),
+])
+def test_serve_errors(capsys, argv, message):
+    from attnkit.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("attnkit serve: error: ") and message in err
