@@ -89,7 +89,8 @@ def test_toy_model_head_is_found():
 
 
 def test_unknown_relation_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown relation 'verbs'; known relations: 'adjectives'"):
+    with pytest.raises(ValueError,
+                       match=r"unknown relation 'verbs'; known relations: 'adjectives'"):
         find_heads("toy", relation="verbs")
 
 
@@ -114,3 +115,8 @@ def test_cli_unknown_relation_is_exit_2(capsys):
     assert main(["find-heads", "--relation", "verbs", "--model", "toy"]) == 2
     err = capsys.readouterr().err
     assert "attnkit find-heads: error: unknown relation 'verbs'" in err
+
+
+def test_top_keeps_the_best():
+    full, top = find_heads("toy"), find_heads("toy", top=1)
+    assert top.ranking == full.ranking[:1] and top.baseline == full.baseline
