@@ -120,3 +120,13 @@ def test_cli_unknown_relation_is_exit_2(capsys):
 def test_top_keeps_the_best():
     full, top = find_heads("toy"), find_heads("toy", top=1)
     assert top.ranking == full.ranking[:1] and top.baseline == full.baseline
+
+
+def test_cli_json(capsys):
+    import json
+
+    assert main(["find-heads", "--model", "toy", "--json", "--top", "1"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ranking"] == [{"layer": 0, "head": 0, "score": pytest.approx(data["ranking"][0]
+                                                                                ["score"])}]
+    assert data["ranking"][0]["score"] > data["baseline"] > data["baseline_all"] > 0
