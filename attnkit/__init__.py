@@ -32,9 +32,9 @@ _EXPORTS = {
     "load_model": "attnkit.models",
     "find_heads": "attnkit.inspect.heads",
     # explain
-    "explain": "attnkit.explain",
-    "Explanation": "attnkit.explain",
-    "show": "attnkit.explain",
+    "explain": "attnkit.explainer",
+    "Explanation": "attnkit.explainer",
+    "show": "attnkit.explainer",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # subcommand modules, in the order `attnkit --help` lists them
-COMMANDS = ["explain", "find_heads", "serve", "params", "train_toy", "kernels"]
+COMMANDS = ["explain", "find_heads", "serve", "params", "train_toy"]
 
 
 class UserError(Exception):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.explain import Explanation, explain, show
+from attnkit.explainer import Explanation, explain, show
 
 TEXT = "a fluffy blue creature roamed the verdant forest"
 

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from attnkit.cli import UserError
-    from attnkit.explain import check_out_dir, explain
+    from attnkit.explainer import check_out_dir, explain
 
     if args.find and args.layer is not None:
         raise UserError("give either --find or --layer/--head, not both")

@@ -263,12 +263,9 @@ class Capture:
         opts["mask"] = _one(opts.get("mask"), batch, slot)
         opts["bias"] = _one(opts.get("bias"), batch, slot)
         opts.pop("backend", None)
-        scale = opts.get("scale")
-        scale = q.shape[-1] ** -0.5 if scale is None else scale
-        # score as the default (blockwise) kernel did when it made lse: q scaled before the
-        # product. In float32 a differently rounded score would cost ~eps*|score| against lse.
-        opts["scale"] = 1.0
-        return q * scale, k, lse, opts
+        if opts.get("scale") is None:
+            opts["scale"] = q.shape[-1] ** -0.5
+        return q, k, lse, opts
 
     def pattern(self, layer: int, head: int, batch: int = 0, rows: Index | None = None,
                 cols: Index | None = None) -> torch.Tensor:
@@ -288,7 +285,7 @@ class Capture:
         work = torch.float64 if q.dtype == torch.float64 else torch.float32
         q_rows = _take(q[0, 0], rows_).to(work)  # (R, D)
         k_cols = _take(k[0, 0], cols_).to(work)  # (C, D)
-        s = q_rows @ k_cols.T  # (R, C); q carries the scale
+        s = (q_rows * opts["scale"]) @ k_cols.T  # (R, C)
         if opts.get("bias") is not None:
             bias = torch.broadcast_to(opts["bias"][0, 0], (q.shape[2], k.shape[2]))
             s = s + _take(_take(bias, rows_).T, cols_).T.to(work)

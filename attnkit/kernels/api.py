@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnkit.kernels.blockwise import blockwise_attention
+from attnkit.kernels.blockwise import LOG2E, blockwise_attention
 from attnkit.kernels.masks import Index, MaskSpec
 from attnkit.kernels.reference import reference_attention
 from attnkit.kernels.sdpa import sdpa_attention, sdpa_unsupported
@@ -264,17 +264,18 @@ def pattern(
     g = spec.groups
     q_rows = q[:, :, rows] if isinstance(rows, slice) else q.index_select(2, rows)
     k_cols = k[:, :, cols] if isinstance(cols, slice) else k.index_select(2, cols)
-    q5 = q_rows.to(work).view(b, spec.hkv, g, -1, d)  # (B, Hkv, G, R, D)
+    # scored exactly as the blockwise kernel scored when it made lse (base 2, q scaled first),
+    # so exp(s - lse) carries no rounding mismatch between the two
+    q5 = q_rows.to(work).view(b, spec.hkv, g, -1, d) * (scale * LOG2E)  # (B, Hkv, G, R, D)
     kt = k_cols.to(work).unsqueeze(2).transpose(-1, -2)  # (B, Hkv, 1, D, C)
-    s = torch.matmul(q5, kt) * scale  # (B, Hkv, G, R, C)
-    s = s.permute(0, 1, 3, 2, 4)  # grouped-rows layout (B, Hkv, R, G, C), as masks.py slices
+    s = torch.matmul(q5, kt).permute(0, 1, 3, 2, 4)  # (B, Hkv, R, G, C), as masks.py slices
     bias_t = spec.tile_bias(rows, cols)
     if bias_t is not None:
-        s = s + bias_t.to(work)
+        s = s + bias_t.to(work) * LOG2E
     lse_rows = (lse[:, :, rows] if isinstance(rows, slice) else lse.index_select(2, rows)).to(work)
-    lse5 = lse_rows.view(b, spec.hkv, g, -1).permute(0, 1, 3, 2).unsqueeze(-1)  # (B, Hkv, R, G, 1)
+    lse5 = lse_rows.view(b, spec.hkv, g, -1).permute(0, 1, 3, 2).unsqueeze(-1) * LOG2E
     lse5 = torch.where(torch.isneginf(lse5), torch.full_like(lse5, float("inf")), lse5)
-    p = torch.exp(s - lse5)
+    p = torch.exp2(s - lse5)  # (B, Hkv, R, G, C)
     visible = spec.tile_mask(rows, cols, q.device)
     if visible is not None:
         p = p.masked_fill(~visible, 0.0)

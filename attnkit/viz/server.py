@@ -20,7 +20,7 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
-from attnkit.explain import count_tokens
+from attnkit.explainer import count_tokens
 from attnkit.inspect.patterns import HeadPattern, from_capture, pooled, top_keys
 from attnkit.viz.page import escape_json, static_text
 

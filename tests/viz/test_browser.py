@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.explain import explain
+from attnkit.explainer import explain
 from attnkit.viz.page import page_data, render_page
 from attnkit.viz.server import create_app
 
