@@ -20,6 +20,9 @@ browser:
 
 demo: setup
 	$(PY) -m attnkit explain "$(TEXT)" --out attnkit-out
+	@echo
+	@echo "The same sentence in the toy model trained so that nouns must find their adjectives:"
+	$(PY) -m attnkit explain "$(TEXT)" --model toy --out attnkit-out/toy
 
 test: setup browser
 	$(PY) -m ruff check attnkit tests benchmarks

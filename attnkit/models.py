@@ -29,8 +29,11 @@ def _bundled_list() -> str:
 
 def _load_hf(path: str) -> tuple[nn.Module, Any]:
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     import attnkit.hf  # noqa: F401  (registers "attnkit")
+
+    hf_logging.disable_progress_bar()  # a bar per load is noise in a CLI that loads in a second
 
     model = AutoModel.from_pretrained(path, attn_implementation="attnkit")
     attnkit.hf.check_supported(model)
