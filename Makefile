@@ -3,13 +3,12 @@ PY := .venv/bin/python
 PIP := .venv/bin/pip
 TEXT ?= a fluffy blue creature roamed the verdant forest
 
-.PHONY: setup demo test lint bench clean browser
+.PHONY: setup demo test bench clean browser
 
 setup: .venv/.stamp-installed
 
 .venv/.stamp-installed: pyproject.toml
 	python3 -m venv .venv
-	$(PIP) install --upgrade pip
 	# The CPU wheel of torch lies on these machines' disk; pin it before anything pulls a CUDA build.
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[all,test]'

@@ -5,7 +5,8 @@
 
 For every (N, dtype, causal, pass) the three contenders run interleaved, after a warm-up, and the
 median of ``--repeats`` runs is reported with GFLOP/s, the fraction of this machine's matmul rate
-(measured in the same run: the ceiling) and the ratio ``peer time / attnkit time``. FLOPs are
+(float32, measured in the same run: attnkit computes half-precision tiles in float32 too) and
+the ratio ``peer time / attnkit time``. FLOPs are
 ``4·B·H·N²·D`` (half when causal); forward+backward counts 3.5× the forward. Naive eager is
 skipped where its N×N buffers would not fit (it says so). Peak memory runs in fresh processes
 (benchmarks/peak_memory.py).
@@ -64,25 +65,35 @@ def timed(fn, q, k, v, grad_out, backward: bool) -> float:
 
 
 def matmul_rate(dtype: torch.dtype, repeats: int) -> float:
-    """GFLOP/s of a 2048³ matmul in ``dtype``: the machine's ceiling for this run."""
-    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    """GFLOP/s of an n³ matmul in ``dtype``: the machine's ceiling for this run (n = 2048 for
+    float32; 512 for half types, whose matmul can be very slow on CPUs without native support)."""
+    n = 2048 if dtype == torch.float32 else 512
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - start)
-    return 2 * 2048**3 / statistics.median(times) / 1e9
+    return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def bench(n: int, dtype: torch.dtype, causal: bool, backward: bool, repeats: int) -> dict:
+def bench(n: int, dtype: torch.dtype, causal: bool, backward: bool, repeats: int,
+          ceiling: float) -> dict:
     g = torch.Generator().manual_seed(n)
     q, k, v = (torch.randn(B, H, n, D, generator=g).to(dtype).requires_grad_(backward)
                for _ in range(3))
     grad_out = torch.randn(B, H, n, D, generator=g).to(dtype)
     fns = contenders(causal)
     naive_bytes = B * H * n * n * 4 * (3 if backward else 2)
+    naive_seconds = 4 * B * H * n * n * D * (3.5 if backward else 1) / (ceiling * 1e9)
+    skip_naive = None
     if naive_bytes > NAIVE_LIMIT_BYTES:
+        skip_naive = f"skipped: needs ~{naive_bytes / 2**30:.0f} GiB of N×N buffers"
+    elif naive_seconds > 20:
+        skip_naive = (f"skipped: its {dtype} matmuls would take ~{naive_seconds:.0f} s a run "
+                      f"at this CPU's {ceiling:.1f} GFLOP/s")
+    if skip_naive:
         fns.pop("naive")
     for fn in fns.values():  # warm-up
         timed(fn, q, k, v, grad_out, backward)
@@ -99,8 +110,8 @@ def bench(n: int, dtype: torch.dtype, causal: bool, backward: bool, repeats: int
     for peer in ("sdpa", "naive"):
         if f"{peer}_s" in row:
             row[f"{peer}_over_attnkit"] = row[f"{peer}_s"] / row["attnkit_s"]
-    if "naive_s" not in row:
-        row["naive_note"] = f"skipped: needs ~{naive_bytes / 2**30:.0f} GiB of N×N buffers"
+    if skip_naive:
+        row["naive_note"] = skip_naive
     return row
 
 
@@ -113,18 +124,21 @@ def peak_memory(n: int, backend: str) -> dict:
 
 def markdown(rows: list[dict], ceilings: dict[str, float], memory: list[dict]) -> str:
     lines = ["| N | dtype | causal | pass | attnkit ms | SDPA ms | naive ms | SDPA / attnkit "
-             "| naive / attnkit | attnkit GFLOP/s | % of matmul |",
+             "| naive / attnkit | attnkit GFLOP/s | % of fp32 matmul |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         naive_ms = f"{r['naive_s'] * 1e3:.0f}" if "naive_s" in r else "—"
         naive_ratio = f"{r['naive_over_attnkit']:.2f}" if "naive_s" in r else "—"
-        share = 100 * r["attnkit_gflops"] / ceilings[r["dtype"]]
+        share = 100 * r["attnkit_gflops"] / ceilings["float32"]  # tiles run in float32
         lines.append(f"| {r['n']} | {r['dtype']} | {'yes' if r['causal'] else 'no'} | {r['pass']} "
                      f"| {r['attnkit_s'] * 1e3:.0f} | {r['sdpa_s'] * 1e3:.0f} | {naive_ms} "
                      f"| **{r['sdpa_over_attnkit']:.2f}** | {naive_ratio} "
                      f"| {r['attnkit_gflops']:.0f} | {share:.0f}% |")
     lines.append("")
-    lines.append("Matmul ceiling (2048³, same run): " + ", ".join(
+    notes = sorted({r["naive_note"] for r in rows if "naive_note" in r})
+    lines += [f"- naive {note}" for note in notes]
+    lines.append("")
+    lines.append("Matmul ceiling (same run; 2048³ float32, 512³ half types): " + ", ".join(
         f"{k} {v:.0f} GFLOP/s" for k, v in ceilings.items()))
     if memory:
         lines += ["", "| N | heads | D | pass | backend | peak extra MB | inputs MB | seconds | "
@@ -151,13 +165,15 @@ def main() -> None:
     machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                f"torch {torch.__version__}")
     print(f"# attnkit kernels vs torch SDPA vs naive eager — B={B}, H={H}, D={D}; {machine}")
-    ceilings = {name: matmul_rate(getattr(torch, name), args.repeats) for name in args.dtypes}
+    ceilings = {name: matmul_rate(getattr(torch, name), args.repeats)
+                for name in dict.fromkeys(["float32", *args.dtypes])}
     rows = []
     for n in args.sizes:
         for name in args.dtypes:
             for causal in (True, False):
                 for pass_ in args.passes:
-                    row = bench(n, getattr(torch, name), causal, pass_ == "fwd+bwd", args.repeats)
+                    row = bench(n, getattr(torch, name), causal, pass_ == "fwd+bwd", args.repeats,
+                                ceilings[name])
                     rows.append(row)
                     print(f"N={n} {name} causal={causal} {pass_}: attnkit {row['attnkit_s']:.3f}s "
                           f"sdpa {row['sdpa_s']:.3f}s  sdpa/attnkit {row['sdpa_over_attnkit']:.2f}",
