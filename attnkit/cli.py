@@ -8,10 +8,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand modules, in the order `attnkit --help` lists them
 COMMANDS = ["explain", "find_heads", "serve", "params", "train_toy"]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number > 0, with a message that says so."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
+    return value
 
 
 class UserError(Exception):
@@ -46,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `attnkit params | head`: the reader left; nothing more to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (keeps interpreter exit quiet)
+        return 0
     except (UserError, ValueError, TypeError, FileNotFoundError, PermissionError) as err:
         print(f"attnkit {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -10,15 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
-    return value
+from attnkit.cli import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the relation to rank by (known: adjectives)")
     p.add_argument("--model", default="minilm",
                    help="'minilm' (bundled), 'toy', a Hugging Face id or a model directory")
-    p.add_argument("--top", type=_positive_int, default=10, help="how many heads to print")
+    p.add_argument("--top", type=positive_int, default=10, help="how many heads to print")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 

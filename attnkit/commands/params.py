@@ -9,17 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from attnkit.cli import positive_int
 from attnkit.core.params import PRESETS, count_attention_params, count_preset
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,17 +23,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", choices=list(PRESETS),
                    help="a known model's sizes (custom sizes given too override it)")
-    p.add_argument("--d-model", type=_positive_int, help="embedding size")
-    p.add_argument("--d-key", type=_positive_int,
+    p.add_argument("--d-model", type=positive_int, help="embedding size")
+    p.add_argument("--d-key", type=positive_int,
                    help="per-head query/key size (default d_model / heads)")
-    p.add_argument("--d-value", type=_positive_int, help="per-head value↓ size (default d_key)")
-    p.add_argument("--heads", type=_positive_int, help="query heads per layer")
-    p.add_argument("--kv-heads", type=_positive_int,
+    p.add_argument("--d-value", type=positive_int, help="per-head value↓ size (default d_key)")
+    p.add_argument("--heads", type=positive_int, help="query heads per layer")
+    p.add_argument("--kv-heads", type=positive_int,
                    help="key/value heads per layer (grouped-query)")
-    p.add_argument("--layers", type=_positive_int, help="number of layers")
+    p.add_argument("--layers", type=positive_int, help="number of layers")
     p.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
                    help="count bias vectors b_Q, b_K, b_V, b_O")
-    p.add_argument("--model-params", type=_positive_int,
+    p.add_argument("--model-params", type=positive_int,
                    help="the whole model's parameter count, to show attention's share")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)

@@ -17,6 +17,7 @@ torch ops on its own tiles (no barrier after every small op, tiles stay in the c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from attnkit.kernels.merge import merge
 BLOCK_Q = 128  # query positions per tile (rows = BLOCK_Q * G)
 BLOCK_K = 768  # keys per tile
 MIN_PARALLEL_WORK = 1 << 22  # score entries below which one thread does everything
+TILE_BUDGET = 1 << 19  # score entries per tile (2 MB in float32) when the batch can be cut
 LOG2E = 1.0 / math.log(2.0)  # scores are kept in base 2: exp2 is ~1.7x faster than exp on CPUs
 LN2 = math.log(2.0)
 
@@ -40,6 +42,8 @@ def blockwise_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact attention by tiles. Shapes as in ``attnkit.attention``: q ``(B, Hq, Sq, D)``,
     k ``(B, Hkv, Sk, D)``, v ``(B, Hkv, Sk, Dv)`` → out ``(B, Hq, Sq, Dv)``, lse ``(B, Hq, Sq)``."""
+    if spec.mask is not None and bool(spec.mask.all()):
+        spec = dataclasses.replace(spec, mask=None)  # e.g. a padding mask of an unpadded batch
     bias_grad = spec.bias is not None and spec.bias.requires_grad
     needs_grad = q.requires_grad or k.requires_grad or v.requires_grad or bias_grad
     if torch.is_grad_enabled() and needs_grad:
@@ -100,6 +104,9 @@ def _plan(spec: MaskSpec, batch: int, workers: int, split_keys: bool) -> list[_I
         q1 = min(q0 + BLOCK_Q, spec.sq)
         query_tiles.append((q0, q1, _key_tiles(spec, q0, q1)))
     batch_parts = min(batch, workers) if len(query_tiles) < 2 * workers else 1
+    # many short sequences: cut the batch too, so one tile of scores stays cache-sized
+    tile = batch * spec.hkv * min(spec.sq, BLOCK_Q) * spec.groups * min(spec.sk, BLOCK_K)
+    batch_parts = min(batch, max(batch_parts, -(-tile // TILE_BUDGET)))
     short = split_keys and len(query_tiles) * batch_parts < workers
     items = []
     for part in range(batch_parts):
