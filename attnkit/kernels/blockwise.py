@@ -1,7 +1,8 @@
 """The blockwise backend: exact attention over tiles of queries and keys, memory linear in length.
 
-Forward (FlashAttention-2's online softmax): each tile of queries visits only the key tiles the
-causal/window band lets it see, keeping a running max, a running sum and an unnormalized output.
+Forward (FlashAttention-2's online softmax, in base 2): each tile of queries visits only the key
+tiles the causal/window band lets it see — only the narrow tiles along the band's edges are
+masked — keeping a running max, a running sum and an unnormalized output.
 When there are too few query tiles to keep every core busy (decoding), the key tiles of a query
 tile are split between workers and their partial ``(out, lse)`` are combined with ``merge``.
 Backward: from the saved ``out`` and ``lse`` recompute each tile's probabilities
@@ -124,11 +125,7 @@ def _key_tiles(spec: MaskSpec, q0: int, q1: int) -> tuple[tuple[int, int, bool],
     """Key tiles ``(k0, k1, needs_band_mask)`` of queries ``[q0, q1)``: the visible range is cut
     where the band starts to hide keys, so only the narrow tiles along its edges are masked."""
     lo, hi = spec.key_range(q0, q1)
-    inner_lo, inner_hi = lo, hi  # keys every query of the tile sees
-    if spec.left is not None:
-        inner_lo = min(hi, max(lo, q1 - 1 + spec.offset - spec.left))
-    if spec.right is not None:
-        inner_hi = max(inner_lo, min(hi, q0 + spec.offset + spec.right + 1))
+    inner_lo, inner_hi = spec.inner_range(q0, q1)  # keys every query of the tile sees
     tiles = []
     for start, stop, band in ((lo, inner_lo, True), (inner_lo, inner_hi, False),
                               (inner_hi, hi, True)):

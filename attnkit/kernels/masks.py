@@ -71,13 +71,16 @@ class MaskSpec:
             hi = min(hi, q1 - 1 + self.offset + self.right + 1)
         return lo, max(lo, hi)
 
-    def band_inside(self, q0: int, q1: int, k0: int, k1: int) -> bool:
-        """True when every (query, key) pair of the tile lies inside the causal/window band."""
-        if self.right is not None and k1 - 1 > q0 + self.offset + self.right:
-            return False
-        if self.left is not None and k0 < q1 - 1 + self.offset - self.left:
-            return False
-        return True
+    def inner_range(self, q0: int, q1: int) -> tuple[int, int]:
+        """Keys ``[lo, hi)`` that every query in ``[q0, q1)`` sees by causal/window: tiles there
+        need no band mask (inside ``key_range``; may be empty)."""
+        lo, hi = self.key_range(q0, q1)
+        inner_lo, inner_hi = lo, hi
+        if self.left is not None:
+            inner_lo = min(hi, max(lo, q1 - 1 + self.offset - self.left))
+        if self.right is not None:
+            inner_hi = max(inner_lo, min(hi, q0 + self.offset + self.right + 1))
+        return inner_lo, inner_hi
 
     # ---- what applies inside a tile ----------------------------------------------------------
 
