@@ -115,9 +115,28 @@ row = cap.pattern(1, 7, rows=slice(-1, None))
 row_seconds = time.perf_counter() - t0
 stored = sum(cap.queries(l).numel() + cap.keys(l).numel() + cap.lse(l).numel()
              for l in cap.layers) * 4 / 2**20
+# exactness: every head's last row against the float64 reference (and the float32 reference)
+from attnkit.kernels.api import attention, pattern
+errors = []
+for layer in cap.layers:
+    q, k = cap.queries(layer), cap.keys(layer)  # (1, 8, S, 8), (1, 2, S, 8)
+    scale = cap.options(layer)["scale"]
+    for head in cap.heads:
+        ours = cap.pattern(layer, head, rows=slice(-1, None))  # (1, S): the last query's row
+        q_last, k_head = q[:, head:head + 1, -1:], k[:, head // 4:head // 4 + 1]
+        rows = {}
+        for name, dtype in (("truth", torch.float64), ("reference_f32", torch.float32)):
+            qq, kk = q_last.to(dtype), k_head.to(dtype)
+            lse = attention(qq, kk, kk, causal=True, scale=scale, return_lse=True,
+                            backend="reference")[1]
+            rows[name] = pattern(qq, kk, lse, causal=True, scale=scale)[0, 0].double()
+        errors.append({"ours": (ours.double() - rows["truth"]).abs().max().item(),
+                       "reference_f32": (rows["reference_f32"] - rows["truth"]).abs().max().item(),
+                       "row_sum": ours.sum().item()})
 print(json.dumps({"seconds": seconds, "rss_before_mib": before, "peak_mib": peak,
                   "captured_mib": stored, "last_row_seconds": row_seconds,
-                  "row_sum": row.sum().item()}))
+                  "row_sum": row.sum().item(), "layers": cap.layers, "heads": cap.heads,
+                  "seq_len": cap.seq_len(), "errors": errors}))
 """
 
 
@@ -135,6 +154,7 @@ def bench_long(length: int) -> dict:
         "peak_growth_mib": result["peak_mib"] - result["rss_before_mib"],
         "captured_q_k_lse_mib": result["captured_mib"],
         "last_row_pattern_s": result["last_row_seconds"],
+        "max_error_vs_float64": max(e["ours"] for e in result["errors"]),
         "eager_weights_per_layer_gib_estimate": eager_per_layer_gib,
     }
 
