@@ -16,6 +16,22 @@ from torch import nn
 
 from attnkit.inspect.recording import attend
 
+
+def check_embeddings(E: torch.Tensor, d_model: int, dtype: torch.dtype, name: str,
+                     owner: str) -> torch.Tensor:
+    """``E`` unchanged when it is a ``(seq, d_model)`` or ``(batch, seq, d_model)`` tensor of
+    ``dtype``; otherwise a clear error naming ``name`` and the ``owner`` ("head", "layer")."""
+    if not isinstance(E, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (seq, d_model) or "
+                        f"(batch, seq, d_model); got {type(E).__name__}")
+    if E.dim() not in (2, 3) or E.shape[-1] != d_model:
+        raise ValueError(f"{name} must have shape (seq, {d_model}) or (batch, seq, {d_model}) "
+                         f"for this {owner} (d_model={d_model}); got {tuple(E.shape)}")
+    if E.dtype != dtype:
+        raise TypeError(f"{name} is {E.dtype} but this {owner}'s weights are {dtype}; convert "
+                        f"one of them, e.g. {name}.to({dtype}) or {owner}.to({E.dtype})")
+    return E
+
 __all__ = ["AttentionHead"]
 
 
@@ -119,15 +135,4 @@ class AttentionHead(nn.Module):
         return E + self.update(E)
 
     def _check(self, E: torch.Tensor) -> torch.Tensor:
-        if not isinstance(E, torch.Tensor):
-            raise TypeError(f"E must be a torch.Tensor of shape (seq, d_model) or "
-                            f"(batch, seq, d_model); got {type(E).__name__}")
-        if E.dim() not in (2, 3) or E.shape[-1] != self.d_model:
-            raise ValueError(f"E must have shape (seq, {self.d_model}) or (batch, seq, "
-                             f"{self.d_model}) for this head (d_model={self.d_model}); got "
-                             f"{tuple(E.shape)}")
-        if E.dtype != self.W_Q.dtype:
-            raise TypeError(f"E is {E.dtype} but this head's weights are {self.W_Q.dtype}; "
-                            f"convert one of them, e.g. E.to({self.W_Q.dtype}) or "
-                            f"head.to({E.dtype})")
-        return E
+        return check_embeddings(E, self.d_model, self.W_Q.dtype, "E", "head")

@@ -13,7 +13,7 @@ import weakref
 import torch
 from torch import nn
 
-from attnkit.core.head import AttentionHead
+from attnkit.core.head import AttentionHead, check_embeddings
 from attnkit.inspect.recording import attend
 
 __all__ = ["MultiHeadAttention", "KVCache"]
@@ -236,15 +236,5 @@ class MultiHeadAttention(nn.Module):
 
     def _check(self, name: str, E: torch.Tensor) -> torch.Tensor:
         """Return ``E`` as ``(B, S, d_model)`` or raise a clear error."""
-        if not isinstance(E, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (batch, seq, d_model); got "
-                            f"{type(E).__name__}")
-        if E.dim() not in (2, 3) or E.shape[-1] != self.d_model:
-            raise ValueError(f"{name} must have shape (batch, seq, {self.d_model}) or (seq, "
-                             f"{self.d_model}) for this layer (d_model={self.d_model}); got "
-                             f"{tuple(E.shape)}")
-        if E.dtype != self.W_Q.dtype:
-            raise TypeError(f"{name} is {E.dtype} but this layer's weights are {self.W_Q.dtype}; "
-                            f"convert one of them, e.g. {name}.to({self.W_Q.dtype}) or "
-                            f"layer.to({E.dtype})")
+        E = check_embeddings(E, self.d_model, self.W_Q.dtype, name, "layer")
         return E if E.dim() == 3 else E.unsqueeze(0)

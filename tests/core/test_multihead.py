@@ -135,7 +135,7 @@ def test_explicit_d_key_allows_any_head_count():
 
 def test_bad_inputs_give_clear_errors():
     mha = MultiHeadAttention(8, 2)
-    with pytest.raises(ValueError, match=r"E must have shape \(batch, seq, 8\) or \(seq, 8\).*"
+    with pytest.raises(ValueError, match=r"E must have shape \(seq, 8\) or \(batch, seq, 8\).*"
                                          r"got \(2, 5, 6\)"):
         mha(torch.randn(2, 5, 6))
     with pytest.raises(TypeError, match="E must be a torch.Tensor"):
@@ -148,5 +148,6 @@ def test_bad_inputs_give_clear_errors():
     cross = MultiHeadAttention(8, 2, causal=False)
     with pytest.raises(ValueError, match="E has batch 2 but context has batch 3"):
         cross(torch.randn(2, 5, 8), context=torch.randn(3, 4, 8))
-    with pytest.raises(ValueError, match=r"context must have shape \(batch, seq, 8\)"):
+    with pytest.raises(ValueError,
+                       match=r"context must have shape \(seq, 8\) or \(batch, seq, 8\)"):
         cross(torch.randn(2, 5, 8), context=torch.randn(2, 4, 7))
