@@ -24,7 +24,8 @@ demo: setup
 	$(PY) -m attnkit explain "$(TEXT)" --model toy --out attnkit-out/toy
 
 test: setup browser
-	$(PY) -m ruff check attnkit tests benchmarks
+	$(PY) -m ruff check attnkit tests benchmarks docs
+	.venv/bin/lint-imports
 	$(PY) -m pytest -q -ra
 
 bench: setup

@@ -30,7 +30,9 @@ _EXPORTS = {
     "capture": "attnkit.inspect.capture",
     "Capture": "attnkit.inspect.capture",
     "load_model": "attnkit.models",
-    "find_heads": "attnkit.inspect.heads",
+    "find_heads": "attnkit.detectors",
+    # errors
+    "AttnkitError": "attnkit.errors",
     # explain
     "explain": "attnkit.explainer",
     "Explanation": "attnkit.explainer",

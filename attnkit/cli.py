@@ -1,7 +1,8 @@
 """The ``attnkit`` command line: a thin dispatcher; each subcommand lives in ``attnkit/commands/``.
 
 A command module defines ``register(subparsers)`` that adds its parser and sets
-``func(args) -> int`` as the default. Modules are imported only to build the parser.
+``func(args) -> int`` as the default. Command modules import only argparse-level things at the
+top, so ``attnkit --help`` loads none of the optional packages; a command imports what it runs.
 """
 
 from __future__ import annotations
@@ -11,23 +12,14 @@ import importlib
 import os
 import sys
 
+from attnkit.errors import AttnkitError
+
 # subcommand modules, in the order `attnkit --help` lists them
 COMMANDS = ["explain", "find_heads", "serve", "params", "train_toy"]
 
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number > 0, with a message that says so."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
-    return value
-
-
-class UserError(Exception):
-    """A problem with the user's input; the CLI prints the message and exits with code 2."""
+# file-system errors a command can expect from the user's paths: a message, not a traceback
+EXPECTED_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+                      NotADirectoryError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"attnkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"attnkit.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"attnkit.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"attnkit.commands.{name}").register(sub)
     return parser
 
 
@@ -56,12 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # a bar for every model load is noise in a command that loads in a second
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # `attnkit params | head`: the reader left; nothing more to say
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (keeps interpreter exit quiet)
         return 0
-    except (UserError, ValueError, TypeError, FileNotFoundError, PermissionError) as err:
+    except (AttnkitError, *EXPECTED_OS_ERRORS) as err:
         print(f"attnkit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -7,9 +7,7 @@ and draws it: terminal grid, ``grid.png``/``.svg``, the ``heads.png`` contact sh
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from attnkit.detectors import find_heads
+from attnkit.errors import AttnkitError, InputTypeError, OutOfRangeError
+from attnkit.experiments.adjective_heads import has_adjective_before_noun
+from attnkit.inspect.families import describe
+from attnkit.inspect.patterns import from_capture, pooled
+from attnkit.inspect.running import count_tokens, run_and_capture
+from attnkit.models import load_model
+from attnkit.runtime import check_writable, written_together
 
 __all__ = ["explain", "Explanation", "show"]
 
@@ -124,15 +131,19 @@ class Explanation:
 
         return iframe(self.html(), height=260 + 30 * min(len(self.tokens), 40))
 
-    def save_grid(self, path: str | os.PathLike, orientation: str = "notes") -> Path:
-        """Write the chosen head's picture; the format follows the suffix (.png, .svg, .pdf)."""
+    def save_grid(self, path: str | os.PathLike, orientation: str = "notes",
+                  format: str | None = None) -> Path:
+        """Write the chosen head's picture; the format follows the suffix (.png, .svg, .pdf)
+        unless ``format`` names it."""
         path = Path(path)
-        self.grid_figure(orientation).savefig(path)
+        self.grid_figure(orientation).savefig(path, format=format)
         return path
 
-    def save_heads(self, path: str | os.PathLike, orientation: str = "notes") -> Path:
+    def save_heads(self, path: str | os.PathLike, orientation: str = "notes",
+                   format: str | None = None) -> Path:
+        """Write the contact sheet of every layer x head (format as in ``save_grid``)."""
         path = Path(path)
-        self.heads_figure(orientation).savefig(path)
+        self.heads_figure(orientation).savefig(path, format=format)
         return path
 
     def save_page(self, path: str | os.PathLike, orientation: str = "notes") -> Path:
@@ -140,26 +151,22 @@ class Explanation:
         path.write_text(self.html(orientation), encoding="utf-8")
         return path
 
-    def save(self, out: str | os.PathLike, orientation: str = "notes") -> dict[str, Path]:
+    def save(self, out: str | os.PathLike, orientation: str = "notes", *,
+             overwrite: bool = False) -> dict[str, Path]:
         """Write grid.png, grid.svg, heads.png and page.html into directory ``out``.
 
-        All four are made in a scratch directory first and moved in only when every one is
-        done, so a failure leaves nothing half-written.
+        Files already there are replaced only with ``overwrite=True`` (checked before anything is
+        drawn). All four are made under temporary names and renamed into place only when every
+        one is done, so a failure leaves nothing half-written.
         """
-        out = _writable_dir(Path(out))
-        scratch = Path(tempfile.mkdtemp(prefix=".attnkit-", dir=out))
-        try:
-            made = {
-                "grid.png": self.save_grid(scratch / "grid.png", orientation),
-                "grid.svg": self.save_grid(scratch / "grid.svg", orientation),
-                "heads.png": self.save_heads(scratch / "heads.png", orientation),
-                "page.html": self.save_page(scratch / "page.html", orientation),
-            }
-            for name, path in made.items():
-                os.replace(path, out / name)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        return {name: out / name for name in made}
+        targets = check_out_dir(out, overwrite=overwrite)
+        with written_together(targets.values()) as scratch:
+            grid_png, grid_svg, heads_png, page = scratch
+            self.save_grid(grid_png, orientation, format="png")
+            self.save_grid(grid_svg, orientation, format="svg")
+            self.save_heads(heads_png, orientation, format="png")
+            self.save_page(page, orientation)
+        return targets
 
     # ---- from a capture -----------------------------------------------------------------------
 
@@ -170,29 +177,24 @@ class Explanation:
         """Build from an ``attnkit.capture`` result: every captured head of sequence ``batch``."""
         layers, heads = list(cap.layers), list(cap.heads)
         if not layers:
-            raise ValueError("the capture has recorded nothing: run the model inside "
-                             "`with attnkit.capture(model) as cap:` first")
+            raise AttnkitError("the capture has recorded nothing: run the model inside "
+                               "`with attnkit.capture(model) as cap:` first")
         n = cap.seq_len(batch)
-        tokens = list(tokens if tokens is not None else (cap.tokens or [str(i) for i in range(n)]))
+        if tokens is None:
+            tokens = (cap.tokens_of(batch) or [str(i) for i in range(n)])[:n]
+        tokens = list(tokens)
         if len(tokens) != n:
-            raise ValueError(f"got {len(tokens)} tokens for a sequence of {n} positions")
+            raise AttnkitError(f"got {len(tokens)} tokens for a sequence of {n} positions")
         layer = layers[0] if layer is None else layer
         head = heads[0] if head is None else head
         _check_choice(layer, head, layers, heads, model_name)
         causal = bool(cap.options(layers[0]).get("causal", False))
         span = slice(0, n)
         if n <= EVERY_HEAD_UP_TO:
-            bar = tqdm(total=len(layers) * len(heads), desc="patterns", unit="head",
-                       file=sys.stderr, disable=n < 256, leave=False)  # long inputs only
-            per_layer = []
-            for lay in layers:
-                row = []
-                for hd in heads:
-                    row.append(cap.pattern(lay, hd, batch=batch, rows=span, cols=span))  # (S, S)
-                    bar.update()
-                per_layer.append(torch.stack(row))
-            bar.close()
-            patterns = torch.stack(per_layer)  # (L, H, S, S) [query, key]
+            patterns = torch.stack([cap.patterns(lay, heads, batch=batch, rows=span, cols=span)
+                                    for lay in tqdm(layers, desc="patterns", unit="layer",
+                                                    file=sys.stderr, disable=n < 256,
+                                                    leave=False)])  # (L, H, S, S) [query, key]
             return cls(tokens, patterns.float(), layer, head, model_name, causal, layers, heads,
                        choice=choice)
         # long: the chosen head exactly, every head as a pooled view for the contact sheet
@@ -205,8 +207,6 @@ class Explanation:
 def _pooled_sheet(cap: Any, layers: list[int], heads: list[int], n: int,
                   batch: int) -> tuple[torch.Tensor, int]:
     """Every head max-pooled to at most ``SHEET`` cells a side: ``(L, H, s, s)`` and the block."""
-    from attnkit.inspect.patterns import from_capture, pooled
-
     views = []
     with tqdm(total=len(layers) * len(heads), desc="pooled views", unit="head",
               file=sys.stderr, leave=False) as bar:
@@ -220,42 +220,22 @@ def _pooled_sheet(cap: Any, layers: list[int], heads: list[int], n: int,
     return torch.stack(views), block
 
 
-def count_tokens(tokenizer: Any, text: str) -> int:
-    """How many tokens ``tokenizer`` makes of ``text`` (special tokens included)."""
-    return int(tokenizer(text, return_tensors="pt")["input_ids"].shape[-1])
+OUTPUTS = ("grid.png", "grid.svg", "heads.png", "page.html")
+"""The files ``Explanation.save`` writes."""
 
 
-def check_out_dir(out: str | os.PathLike) -> None:
-    """Raise now, before any work, if ``out`` could not be created or written (creates nothing)."""
+def check_out_dir(out: str | os.PathLike, *, overwrite: bool = False,
+                  allow: str = "pass overwrite=True") -> dict[str, Path]:
+    """The files ``save`` would write into ``out``, after checking (before any work, creating
+    nothing) that ``out`` is or can become a writable directory and that none of them would
+    replace a file unless ``overwrite`` (``allow`` says how to permit that)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a directory; give a directory to write "
-                         "grid.png, heads.png and page.html into")
-    base = out
-    while not base.exists():
-        base = base.parent
-    if not base.is_dir():
-        raise PermissionError(f"cannot create the output directory {out}: {base} is a file; "
-                              "choose another with --out")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write into {base} to make the output directory {out}; "
-                              "choose another with --out (or fix its permissions)")
-
-
-def _writable_dir(out: Path) -> Path:
-    """Create ``out`` if needed and check it can be written, or raise a message saying why not."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a directory; give a directory to write "
-                         "grid.png, heads.png and page.html into")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PermissionError(f"cannot create the output directory {out}: {err.strerror}; "
-                              "choose another with --out") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write into the output directory {out}; choose another "
-                              "with --out (or fix its permissions)")
-    return out
+        raise AttnkitError(f"the output directory {out} is a file; give a directory to write "
+                           f"{', '.join(OUTPUTS)} into")
+    targets = {name: out / name for name in OUTPUTS}
+    check_writable(list(targets.values()), overwrite=overwrite, allow=allow)
+    return targets
 
 
 def _check_choice(layer: int, head: int, layers: list[int], heads: list[int], model: str) -> None:
@@ -264,43 +244,19 @@ def _check_choice(layer: int, head: int, layers: list[int], heads: list[int], mo
             span = (f"{valid[0]}..{valid[-1]}" if valid == list(range(valid[0], valid[-1] + 1))
                     else ", ".join(map(str, valid)))
             kind = "layers" if name == "layer" else "heads per layer"
-            raise ValueError(f"{name} {value!r} is out of range: {model} has {len(valid)} "
-                             f"{kind} ({span})")
+            raise OutOfRangeError(f"{name} {value!r} is out of range: {model} has {len(valid)} "
+                                  f"{kind} ({span})")
 
 
-def _has_adjective_and_noun(words: Sequence[str]) -> bool:
-    """Whether the text has an adjective before a noun (by the adjective experiment's words)."""
-    try:
-        from attnkit.experiments.adjectives import WORDS
-    except ImportError:
-        try:
-            from attnkit.experiments.grammar import WORDS
-        except ImportError:
-            return False
-    lower = [w.lower().strip(".,;:!?") for w in words]
-    adjectives, nouns = set(WORDS["adjectives"]), set(WORDS["nouns"])
-    first_adjective = next((i for i, w in enumerate(lower) if w in adjectives), None)
-    return first_adjective is not None and any(w in nouns for w in lower[first_adjective + 1:])
-
-
-def _find_adjective_head(model: str | nn.Module, tokenizer: Any) -> tuple[int, int, str] | None:
+def _find_adjective_head(model: nn.Module, tokenizer: Any, name: str) -> tuple[int, int, str]:
     """The head ``attnkit.find_heads`` ranks best for nouns looking at their adjectives."""
-    try:
-        from attnkit.inspect.heads import find_heads
-    except ImportError:
-        return None
-    if isinstance(model, str):
-        result = find_heads(model=model, relation="adjectives")
-    else:
-        result = find_heads(model=model, relation="adjectives", tokenizer=tokenizer)
+    result = find_heads(model, "adjectives", tokenizer=tokenizer)
     layer, head = result.best
-    score = next((s for lay, hd, s in result.ranking if (lay, hd) == (layer, head)), None)
-    how = "found by find_heads(relation='adjectives')"
-    if score is not None:
-        how += f": score {score:.2f} vs baseline {result.baseline:.2f}"
-        previous = getattr(result, "baseline_previous", None)
-        if previous is not None:  # a previous-token head also scores well: say so
-            how += f" (a head looking only at the previous token scores {previous:.2f})"
+    how = (f"found by find_heads(relation='adjectives'): score {result.score(layer, head):.2f} "
+           f"vs baseline {result.baseline:.2f}")
+    previous = result.baselines.get("all attention on the previous token")
+    if previous is not None:  # a previous-token head also scores well: say so
+        how += f" (a head looking only at the previous token scores {previous:.2f})"
     return layer, head, how
 
 
@@ -342,53 +298,47 @@ def explain(text: str, model: str | nn.Module = "minilm", layer: int | None = No
         an ``Explanation``: ``.tokens``, ``.pattern`` ``(S, S)`` ``[query, key]``, ``.layer``,
         ``.head``, ``.model_name``, ``.save(dir)``, ``.html()``; shows itself in Jupyter.
     """
-    from attnkit import models
-
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f'the text is empty; give a sentence, e.g. "{DEMO_TEXT}"')
+        raise AttnkitError(f'the text is empty; give a sentence, e.g. "{DEMO_TEXT}"')
     if (layer is None) != (head is None):
-        raise ValueError("give both layer and head (--layer L --head H), or neither to let attnkit "
-                         "choose")
+        raise AttnkitError("give both layer and head, or neither to let attnkit choose")
     if find not in (None, "adjectives"):
-        raise ValueError(f"find={find!r} is not a relation attnkit knows; use find='adjectives'")
+        raise AttnkitError(f"find={find!r} is not a relation explain can choose a head by; "
+                           "use find='adjectives'")
     if isinstance(model, str):
-        net, tokenizer = models.load_model(model)
-    else:
+        net, tokenizer = load_model(model)
+    elif isinstance(model, nn.Module):
         if tokenizer is None:
-            raise ValueError("a loaded model needs its tokenizer: explain(text, model, "
-                             "tokenizer=tokenizer)")
+            raise AttnkitError("a loaded model needs its tokenizer: explain(text, model, "
+                               "tokenizer=tokenizer)")
         net = model
-    info = models.model_info(net)
-    name = model_name or (model if isinstance(model, str) else info.get("model_name", "model"))
-    n_tokens = count_tokens(tokenizer, text)
-    max_len = info.get("max_len")
-    if max_len is not None and n_tokens > max_len:
-        raise ValueError(f"the text is {n_tokens} tokens long but {name} reads at most "
-                         f"{max_len} tokens; shorten the text")
+    else:
+        raise InputTypeError(f"model must be a name (e.g. 'minilm', 'toy') or a loaded "
+                             f"nn.Module; got {type(model).__name__}")
+    info = describe(net)
+    name = model_name or (model if isinstance(model, str) else info.name)
+    limit = MAX_EXPLAIN if info.max_len is None else min(MAX_EXPLAIN, info.max_len)
+    n_tokens = count_tokens(tokenizer, text, max_tokens=limit)
+    if info.max_len is not None and n_tokens > info.max_len:
+        raise AttnkitError(f"the text is {n_tokens} tokens long but {name} reads at most "
+                           f"{info.max_len} tokens; shorten the text")
     if n_tokens > MAX_EXPLAIN:
-        raise ValueError(f"the text is {n_tokens:,} tokens long; explain draws every cell and "
-                         f"stops at {MAX_EXPLAIN:,} tokens. Explore longer texts with "
-                         f"`attnkit serve --model {name}` (pooled views, up to 16,384 tokens)")
+        raise AttnkitError(f"the text is {n_tokens:,} tokens long; explain draws every cell and "
+                           f"stops at {MAX_EXPLAIN:,} tokens. Explore longer texts in the "
+                           "explorer (`attnkit serve`), which pools long patterns")
     _check_choice(0 if layer is None else layer, 0 if head is None else head,
-                  list(range(info["n_layers"])), list(range(info["n_heads"])), name)
+                  list(range(info.n_layers)), list(range(info.n_heads)), name)
 
-    choice = "given (--layer/--head)"
+    choice = "given (layer and head)"
     if layer is None:
         layer, head = 0, 0
         choice = "layer 0 head 0 (the default: the text has no adjective before a noun)"
-        if find == "adjectives" or (find is None and _has_adjective_and_noun(text.split())):
-            found = _find_adjective_head(model, tokenizer)
-            if found is None:
-                choice = ("layer 0 head 0: find_heads (the adjective search) is not available "
-                          "in this installation")
-            else:
-                layer, head, choice = found
-    with torch.no_grad():
-        cap = models.run_and_capture(net, tokenizer, text)
-    exp = Explanation.from_capture(cap, layer=layer, head=head, model_name=name,
-                                   tokens=cap.tokens, choice=choice)
+        if find == "adjectives" or (find is None and has_adjective_before_noun(text)):
+            layer, head, choice = _find_adjective_head(net, tokenizer, name)
+    cap = run_and_capture(net, tokenizer, text)
+    exp = Explanation.from_capture(cap, layer=layer, head=head, model_name=name, choice=choice)
     exp.text = text
-    exp.causal = bool(info.get("causal", exp.causal))
+    exp.causal = info.causal
     if not special_tokens:
         special = set(getattr(tokenizer, "all_special_tokens", []) or [])
         exp = _drop_special(exp, special)
@@ -402,5 +352,5 @@ def show(text_or_capture: Any, model: str | nn.Module = "minilm", layer: int | N
         return explain(text_or_capture, model, layer, head, **options)
     if hasattr(text_or_capture, "pattern") and hasattr(text_or_capture, "layers"):
         return Explanation.from_capture(text_or_capture, layer=layer, head=head, **options)
-    raise TypeError("show() takes a text or an attnkit Capture; got "
-                    f"{type(text_or_capture).__name__}")
+    raise InputTypeError("show() takes a text or an attnkit Capture; got "
+                         f"{type(text_or_capture).__name__}")

@@ -21,11 +21,13 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers import masking_utils as mu
 from transformers.masking_utils import AttentionMaskInterface
 
-from attnkit.inspect.recording import attend
+from attnkit.errors import AttnkitError, InputTypeError, UnsupportedModelError
+from attnkit.inspect.families import ModelInfo, register_family
 from attnkit.kernels.api import attention, pattern
+from attnkit.kernels.recording import attend
 
 __all__ = ["NAME", "CompactMask", "attnkit_attention", "attnkit_mask", "check_supported",
-           "use_attnkit", "is_attnkit", "register"]
+           "use_attnkit", "is_attnkit", "register", "HuggingFaceFamily"]
 
 NAME = "attnkit"
 
@@ -158,7 +160,7 @@ def _options(module: Any, query: torch.Tensor, key: torch.Tensor,
     options: dict[str, Any] = {"scale": scaling}
     if isinstance(attention_mask, CompactMask):
         if (attention_mask.q_length, attention_mask.kv_length) != (sq, sk):
-            raise ValueError(
+            raise AttnkitError(
                 f"attnkit: the mask was built for {attention_mask.q_length} queries x "
                 f"{attention_mask.kv_length} keys but {type(module).__name__} attends with "
                 f"{sq} x {sk}; this cache layout is not supported, use a DynamicCache")
@@ -205,14 +207,14 @@ def attnkit_attention(
     Computed through ``attend`` so ``attnkit.capture`` sees it.
     """
     if dropout and module.training:
-        raise ValueError(
+        raise AttnkitError(
             f"attnkit attention has no dropout, but {type(module).__name__} is in training mode "
             f"with attention dropout {dropout}; call model.eval(), or set the config's attention "
             "dropout to 0 to train through attnkit")
     for unsupported in ("softcap", "s_aux"):
         if kwargs.get(unsupported) is not None:
-            raise ValueError(f"attnkit attention does not support `{unsupported}` "
-                             f"({type(module).__name__}); use attn_implementation='eager'")
+            raise AttnkitError(f"attnkit attention does not support `{unsupported}` "
+                               f"({type(module).__name__}); use attn_implementation='eager'")
     options = _options(module, query, key, attention_mask, scaling, is_causal, position_bias)
     out = attend(module, query, key, value, **options)  # (B, Hq, Sq, Dv)
     weights = None
@@ -247,11 +249,11 @@ def check_supported(model: torch.nn.Module) -> None:
     through ``AttentionInterface`` (so ``"attnkit"`` can take it over)."""
     name = type(model).__name__
     if not isinstance(model, PreTrainedModel):
-        raise TypeError(
+        raise InputTypeError(
             f"{name} is not a Hugging Face transformers model (PreTrainedModel); attnkit can run "
             "transformers models, and models built from attnkit's MultiHeadAttention/AttentionHead")
     if not (type(model)._supports_attention_backend and type(model)._can_set_attn_implementation()):
-        raise ValueError(
+        raise UnsupportedModelError(
             f"{name} does not compute attention through transformers' AttentionInterface, so "
             "attnkit cannot take it over (nor capture its patterns); use a model class that "
             "supports attention backends (e.g. Llama, Mistral, Qwen2, GPT-2, BERT)")
@@ -271,4 +273,49 @@ def is_attnkit(model: torch.nn.Module) -> bool:
                                                          None) == NAME
 
 
+class HuggingFaceFamily:
+    """transformers models: attention layers are the innermost modules named ``*Attention*`` with
+    an int ``layer_idx`` (BertAttention wraps the BertSelfAttention that calls the attention
+    interface), numbered by ``layer_idx`` when those are distinct, else in ``modules()`` order."""
+
+    name = "transformers"
+
+    def owns(self, model: torch.nn.Module) -> bool:
+        return isinstance(model, PreTrainedModel)
+
+    def modules(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        found = [m for m in model.modules() if "Attention" in type(m).__name__
+                 and isinstance(getattr(m, "layer_idx", None), int)]
+        ids = {id(m) for m in found}
+        return [m for m in found if not any(id(sub) in ids for sub in m.modules() if sub is not m)]
+
+    def attention_layers(self, model: torch.nn.Module) -> dict[int, int]:
+        modules = self.modules(model)
+        idx = [m.layer_idx for m in modules]
+        if len(set(idx)) == len(idx):
+            return {id(m): i for m, i in zip(modules, idx, strict=True)}
+        return {id(m): n for n, m in enumerate(modules)}
+
+    def describe(self, model: torch.nn.Module) -> ModelInfo:
+        config = model.config
+        modules = self.modules(model)
+        return ModelInfo(
+            name=getattr(config, "_name_or_path", "") or type(model).__name__,
+            n_layers=int(getattr(config, "num_hidden_layers", len(modules))),
+            n_heads=int(config.num_attention_heads),
+            max_len=getattr(config, "max_position_embeddings", None),
+            causal=any(bool(getattr(m, "is_causal", False)) for m in modules),
+            family=self.name)
+
+    def check_capturable(self, model: torch.nn.Module) -> None:
+        check_supported(model)
+        implementation = model.config._attn_implementation
+        if implementation != NAME:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} runs attn_implementation={implementation!r}, which "
+                f"attnkit cannot see; load it with from_pretrained(..., "
+                f"attn_implementation={NAME!r}) or call model.set_attn_implementation({NAME!r})")
+
+
 register()
+register_family(HuggingFaceFamily())

@@ -1,4 +1,5 @@
-"""Small helpers every layer uses: the work dtype, torch's thread count, argument checks.
+"""Small helpers every layer uses: the work dtype, torch's thread count, argument checks, files
+written all or nothing.
 
 ``torch_threads`` is the only place attnkit changes ``torch.set_num_threads``; it always restores
 the count it found.
@@ -7,15 +8,19 @@ the count it found.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from attnkit.errors import AttnkitError
 
-__all__ = ["work_dtype", "torch_threads", "check_positive_int"]
+__all__ = ["work_dtype", "torch_threads", "check_positive_int", "check_writable",
+           "written_together"]
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -59,3 +64,46 @@ def check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> in
     if value <= 0:
         raise AttnkitError(f"{name} must be a positive integer; got {value}")
     return value
+
+
+def check_writable(paths: Sequence[str | os.PathLike], *, overwrite: bool = False,
+                   allow: str = "pass overwrite=True") -> list[Path]:
+    """Check, before any work, that every file of ``paths`` can be written: its folder exists or
+    can be made and is writable, it is not a folder, and it does not exist unless ``overwrite``
+    (``allow`` says how to permit that). Creates nothing; returns the paths."""
+    out = [Path(p) for p in paths]
+    for path in out:
+        if path.is_dir():
+            raise AttnkitError(f"{path} is a directory; give a file name")
+        if path.exists() and not overwrite:
+            raise AttnkitError(f"{path} already exists and would be replaced; {allow} to "
+                               "replace it, or choose another name")
+        base = path.parent
+        while not base.exists():
+            base = base.parent
+        if not base.is_dir():
+            raise AttnkitError(f"cannot create {path.parent}: {base} is a file")
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise AttnkitError(f"cannot write into {base} (permission denied); choose another "
+                               "place")
+    return out
+
+
+@contextlib.contextmanager
+def written_together(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
+    """Write several files all or nothing: yields a temporary path beside each target; when the
+    block ends without error each is renamed onto its target, otherwise every one is removed
+    (the targets stay as they were)."""
+    targets = [Path(p) for p in paths]
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = [t.with_name(f".{t.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
+               for t in targets]
+    try:
+        yield scratch
+        for temporary, target in zip(scratch, targets, strict=True):
+            os.replace(temporary, target)
+    finally:
+        for temporary in scratch:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()

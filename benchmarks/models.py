@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -84,64 +85,12 @@ def bench_minilm(rounds: int, batch: int, length: int) -> dict:
     }
 
 
-LONG = r"""
-import json, sys, time
-import torch
-import attnkit
-import attnkit.hf
-from transformers import LlamaConfig, LlamaModel
-
-S = int(sys.argv[1])
-def status_mib(field):  # VmRSS: resident now; VmHWM: peak since the last reset
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith(field + ":")) / 1024
-torch.manual_seed(0)
-config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=S)
-model = LlamaModel(config).eval()
-model.set_attn_implementation("attnkit")
-ids = torch.randint(0, 64, (1, S))
-# reset the peak mark: ru_maxrss would carry the parent's peak across fork and exec
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
-before = status_mib("VmRSS")
-t0 = time.perf_counter()
-with torch.no_grad(), attnkit.capture(model) as cap:
-    model(input_ids=ids)
-seconds = time.perf_counter() - t0
-peak = status_mib("VmHWM")
-t0 = time.perf_counter()
-row = cap.pattern(1, 7, rows=slice(-1, None))
-row_seconds = time.perf_counter() - t0
-stored = sum(cap.queries(l).numel() + cap.keys(l).numel() + cap.lse(l).numel()
-             for l in cap.layers) * 4 / 2**20
-# exactness: every head's last row against the float64 reference (and the float32 reference)
-from attnkit.kernels.api import attention, pattern
-errors = []
-for layer in cap.layers:
-    q, k = cap.queries(layer), cap.keys(layer)  # (1, 8, S, 8), (1, 2, S, 8)
-    scale = cap.options(layer)["scale"]
-    for head in cap.heads:
-        ours = cap.pattern(layer, head, rows=slice(-1, None))  # (1, S): the last query's row
-        q_last, k_head = q[:, head:head + 1, -1:], k[:, head // 4:head // 4 + 1]
-        rows = {}
-        for name, dtype in (("truth", torch.float64), ("reference_f32", torch.float32)):
-            qq, kk = q_last.to(dtype), k_head.to(dtype)
-            lse = attention(qq, kk, kk, causal=True, scale=scale, return_lse=True,
-                            backend="reference")[1]
-            rows[name] = pattern(qq, kk, lse, causal=True, scale=scale)[0, 0].double()
-        errors.append({"ours": (ours.double() - rows["truth"]).abs().max().item(),
-                       "reference_f32": (rows["reference_f32"] - rows["truth"]).abs().max().item(),
-                       "row_sum": ours.sum().item()})
-print(json.dumps({"seconds": seconds, "rss_before_mib": before, "peak_mib": peak,
-                  "captured_mib": stored, "last_row_seconds": row_seconds,
-                  "row_sum": row.sum().item(), "layers": cap.layers, "heads": cap.heads,
-                  "seq_len": cap.seq_len(), "errors": errors}))
-"""
+LONG = Path(__file__).with_name("long_capture.py")
+"""The 16k-token script, run in a fresh process (so its peak memory is its own)."""
 
 
 def bench_long(length: int) -> dict:
-    done = subprocess.run([sys.executable, "-c", LONG, str(length)], capture_output=True,
+    done = subprocess.run([sys.executable, str(LONG), str(length)], capture_output=True,
                           text=True, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     heads, layers = 8, 2

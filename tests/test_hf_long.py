@@ -5,7 +5,6 @@ layer), and the last query's pattern row is exact against the reference backend.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,18 +18,12 @@ LENGTH = 16_384
 ONE_PATTERN_MIB = LENGTH * LENGTH * 4 / 2**20  # 1024 MiB
 
 
-def long_script() -> str:
-    """The 16k-token script of benchmarks/models.py: the test asserts what the benchmark reports."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "models.py"
-    spec = importlib.util.spec_from_file_location("attnkit_bench_models", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.LONG
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "long_capture.py"
 
 
 @pytest.mark.slow
 def test_16k_tokens_capture_every_layer_in_linear_memory_and_exact_last_row():
-    done = subprocess.run([sys.executable, "-c", long_script(), str(LENGTH)], capture_output=True,
+    done = subprocess.run([sys.executable, str(SCRIPT), str(LENGTH)], capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

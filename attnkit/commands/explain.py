@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnkit.viz.grid import ORIENTATIONS
+from attnkit.viz.layout import ORIENTATIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(the default when the text has an adjective before a noun)")
     parser.add_argument("--out", metavar="DIR",
                         help="write grid.png, grid.svg, heads.png and page.html into DIR")
+    parser.add_argument("--force", action="store_true",
+                        help="replace grid.png, grid.svg, heads.png and page.html if DIR has them")
     parser.add_argument("--orientation", choices=ORIENTATIONS, default="notes",
                         help="notes: keys as rows, queries as columns (default); query-key: the "
                              "transpose, the [query, key] tensor layout")
@@ -41,19 +43,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from attnkit.cli import UserError
+    from attnkit.errors import AttnkitError
     from attnkit.explainer import check_out_dir, explain
 
     if args.find and args.layer is not None:
-        raise UserError("give either --find or --layer/--head, not both")
+        raise AttnkitError("give either --find or --layer/--head, not both")
+    if (args.layer is None) != (args.head is None):
+        raise AttnkitError("give both --layer and --head, or neither to let attnkit choose")
     if args.out:
-        check_out_dir(args.out)
+        check_out_dir(args.out, overwrite=args.force, allow="add --force")
     exp = explain(args.text, args.model, args.layer, args.head, find=args.find,
                   special_tokens=not args.no_special)
     color = sys.stdout.isatty() if args.color is None else args.color
     print(exp.terminal(orientation=args.orientation, color=color))
     if args.out:
-        written = exp.save(args.out, orientation=args.orientation)
+        written = exp.save(args.out, orientation=args.orientation, overwrite=args.force)
         print()
         for name, path in written.items():
             print(f"wrote {path}" + ("   (open it in a browser)" if name == "page.html" else ""))

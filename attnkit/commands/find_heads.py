@@ -10,16 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from attnkit.cli import positive_int
+from attnkit.commands.common import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "find-heads",
         help="rank heads by a relation (e.g. nouns attending to their adjectives)",
-        description="Rank every head of a model by a relation between words, over labelled "
-                    "sentences. 'adjectives': the share of each noun's attention on its own "
-                    "adjectives, against what a head attending uniformly would score.",
+        description="Rank every head of a model by a relation between tokens, scored exactly "
+                    "from the captured queries, keys and log-sum-exp. 'adjectives': the share "
+                    "of each noun's attention on its own adjectives over labelled sentences, "
+                    "against what heads nobody trained would score.",
     )
     p.add_argument("--relation", default="adjectives",
                    help="the relation to rank by (known: adjectives)")
@@ -31,18 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from attnkit.inspect.heads import find_heads
+    from attnkit.detectors import find_heads
 
-    result = find_heads(model=args.model, relation=args.relation)
+    result = find_heads(model=args.model, relation=args.relation, progress=True)
     if args.json:
-        print(json.dumps({
-            "relation": result.relation, "model": result.model_name,
-            "baseline": result.baseline, "baseline_all": result.baseline_all,
-            "baseline_previous": result.baseline_previous,
-            "n_sentences": result.n_sentences, "n_nouns": result.n_nouns,
-            "ranking": [{"layer": lay, "head": hd, "score": sc}
-                        for lay, hd, sc in result.ranking[: args.top]],
-        }, indent=1))
+        print(json.dumps(result.to_dict(args.top), indent=1))
     else:
         print(result.table(args.top))
     return 0

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from attnkit.cli import positive_int
+from attnkit.commands.common import positive_int
 from attnkit.core.params import PRESETS, count_attention_params, count_preset
+from attnkit.errors import AttnkitError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,21 +56,22 @@ def run(args: argparse.Namespace) -> int:
         missing = [flag for flag, v in (("--d-model", args.d_model), ("--heads", args.heads),
                                         ("--layers", args.layers)) if v is None]
         if missing:
-            raise ValueError(f"custom sizes need {', '.join(missing)} (or use --preset "
-                             f"{'|'.join(PRESETS)}); e.g. attnkit params --d-model 768 --heads 12 "
-                             "--layers 12")
+            raise AttnkitError(f"custom sizes need {', '.join(missing)} (or use --preset "
+                               f"{'|'.join(PRESETS)}); e.g. attnkit params --d-model 768 "
+                               "--heads 12 --layers 12")
         if args.d_key is None and args.d_model % args.heads:
-            raise ValueError(f"--d-model {args.d_model} is not divisible by --heads {args.heads}; "
-                             "give the per-head size with --d-key")
+            raise AttnkitError(f"--d-model {args.d_model} is not divisible by --heads "
+                               f"{args.heads}; give the per-head size with --d-key")
         counted = count_attention_params(
-            args.d_model, args.d_key, args.heads, args.layers, args.kv_heads,
-            d_value=args.d_value, bias=bool(args.bias), model_params=args.model_params)
+            args.d_model, d_key=args.d_key, n_heads=args.heads, n_layers=args.layers,
+            n_kv_heads=args.kv_heads, d_value=args.d_value, bias=bool(args.bias),
+            model_params=args.model_params)
     print(json.dumps(counted.to_dict(), indent=2) if args.json else counted.table())
     return 0
 
 
 def _with_model_params(counted, model_params: int):
     return count_attention_params(
-        counted.d_model, counted.d_key, counted.n_heads, counted.n_layers, counted.n_kv_heads,
-        d_value=counted.d_value, bias=counted.bias, model_params=model_params,
-        title=counted.title)
+        counted.d_model, d_key=counted.d_key, n_heads=counted.n_heads, n_layers=counted.n_layers,
+        n_kv_heads=counted.n_kv_heads, d_value=counted.d_value, bias=counted.bias,
+        model_params=model_params, title=counted.title)

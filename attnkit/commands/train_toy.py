@@ -8,7 +8,7 @@ import argparse
 import time
 from pathlib import Path
 
-from attnkit.cli import positive_int
+from attnkit.commands.common import positive_int, seed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="toy_adjectives.safetensors",
                    help="where to write the weights (.safetensors; the config goes beside it as "
                         ".json); default ./toy_adjectives.safetensors")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: the shipped one)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the weights (and the .json beside them) if they exist")
+    p.add_argument("--seed", type=seed, default=None,
+                   help="random seed, 0 .. 2**63-1 (default: the shipped one)")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="optimizer steps (default: the shipped model's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -30,19 +33,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from attnkit.errors import AttnkitError
     from attnkit.experiments.adjectives import TrainConfig, measure, train_toy
+    from attnkit.models.toy import toy_paths
+    from attnkit.runtime import check_writable
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
-        raise ValueError(f"--out must name a .safetensors file (the config is written beside it); "
-                         f"got {args.out!r}, e.g. --out {out.with_suffix('.safetensors')}")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise ValueError(f"--out {args.out!r}: {out.parent} is not a directory")
-    seed = TrainConfig().seed if args.seed is None else args.seed
+        raise AttnkitError(f"--out must name a .safetensors file (the config is written beside "
+                           f"it); got {args.out!r}, e.g. --out {out.with_suffix('.safetensors')}")
+    # before a minute of training: the files must be writable, and new unless --force
+    check_writable(toy_paths(out), overwrite=args.force, allow="add --force")
+    chosen = TrainConfig().seed if args.seed is None else args.seed
     start = time.perf_counter()
-    model, tokenizer = train_toy(out=out, seed=seed, steps=args.steps, progress=not args.quiet)
+    model, tokenizer = train_toy(out=out, seed=chosen, steps=args.steps, progress=not args.quiet,
+                                 overwrite=args.force)
     seconds = time.perf_counter() - start
-    print(f"trained in {seconds:.0f} s (seed {seed}); weights: {out}, config: "
+    print(f"trained in {seconds:.0f} s (seed {chosen}); weights: {out}, config: "
           f"{out.with_suffix('.json')}")
     print(measure(model, tokenizer))
     print(f"load it with attnkit.experiments.adjectives.load_toy({str(out)!r})")

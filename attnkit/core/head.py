@@ -14,7 +14,9 @@ import math
 import torch
 from torch import nn
 
-from attnkit.inspect.recording import attend
+from attnkit.errors import AttnkitError, InputTypeError
+from attnkit.kernels.recording import attend
+from attnkit.runtime import check_positive_int
 
 
 def check_embeddings(E: torch.Tensor, d_model: int, dtype: torch.dtype, name: str,
@@ -22,14 +24,14 @@ def check_embeddings(E: torch.Tensor, d_model: int, dtype: torch.dtype, name: st
     """``E`` unchanged when it is a ``(seq, d_model)`` or ``(batch, seq, d_model)`` tensor of
     ``dtype``; otherwise a clear error naming ``name`` and the ``owner`` ("head", "layer")."""
     if not isinstance(E, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (seq, d_model) or "
-                        f"(batch, seq, d_model); got {type(E).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor of shape (seq, d_model) or "
+                             f"(batch, seq, d_model); got {type(E).__name__}")
     if E.dim() not in (2, 3) or E.shape[-1] != d_model:
-        raise ValueError(f"{name} must have shape (seq, {d_model}) or (batch, seq, {d_model}) "
-                         f"for this {owner} (d_model={d_model}); got {tuple(E.shape)}")
+        raise AttnkitError(f"{name} must have shape (seq, {d_model}) or (batch, seq, {d_model}) "
+                           f"for this {owner} (d_model={d_model}); got {tuple(E.shape)}")
     if E.dtype != dtype:
-        raise TypeError(f"{name} is {E.dtype} but this {owner}'s weights are {dtype}; convert "
-                        f"one of them, e.g. {name}.to({dtype}) or {owner}.to({E.dtype})")
+        raise InputTypeError(f"{name} is {E.dtype} but this {owner}'s weights are {dtype}; convert "
+                             f"one of them, e.g. {name}.to({dtype}) or {owner}.to({E.dtype})")
     return E
 
 __all__ = ["AttentionHead"]
@@ -61,8 +63,7 @@ class AttentionHead(nn.Module):
         super().__init__()
         d_value = d_key if d_value is None else d_value
         for name, size in (("d_model", d_model), ("d_key", d_key), ("d_value", d_value)):
-            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-                raise ValueError(f"AttentionHead: {name} must be a positive integer; got {size!r}")
+            check_positive_int(f"AttentionHead: {name}", size)
         self.d_model, self.d_key, self.d_value, self.causal = d_model, d_key, d_value, bool(causal)
         kw = {"device": device, "dtype": dtype}
         # Scaled so that E @ W has entries of about the size of E's entries (fan-in init).

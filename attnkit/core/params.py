@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from attnkit.errors import AttnkitError
+from attnkit.runtime import check_positive_int
+
 __all__ = ["count_attention_params", "AttentionParams", "Preset", "PRESETS"]
 
 
@@ -147,11 +150,11 @@ class AttentionParams:
 
 def count_attention_params(
     d_model: int,
+    *,
     d_key: int | None = None,
     n_heads: int = 1,
     n_layers: int = 1,
     n_kv_heads: int | None = None,
-    *,
     d_value: int | None = None,
     bias: bool = False,
     model_params: int | None = None,
@@ -160,7 +163,7 @@ def count_attention_params(
     """Count the attention parameters of a transformer, the way the lesson counts GPT-3's.
 
     Args:
-        d_model: embedding size.
+        d_model: embedding size (every argument after it by keyword).
         d_key: per-head query/key size; default ``d_model // n_heads``.
         n_heads: query heads per layer.
         n_layers: layers.
@@ -170,25 +173,23 @@ def count_attention_params(
         model_params: the whole model's parameter count, to report attention's share.
         title: a name for the table.
 
-    Example: ``count_attention_params(12288, 128, 96, 96).total == 57_982_058_496``.
+    Example: ``count_attention_params(12288, d_key=128, n_heads=96, n_layers=96).total ==
+    57_982_058_496``.
     """
     for name, size in (("d_model", d_model), ("n_heads", n_heads), ("n_layers", n_layers),
                        ("d_key", d_key), ("n_kv_heads", n_kv_heads), ("d_value", d_value),
                        ("model_params", model_params)):
-        if size is None and name in ("d_key", "n_kv_heads", "d_value", "model_params"):
-            continue
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise ValueError(f"count_attention_params: {name} must be a positive integer; "
-                             f"got {size!r}")
+        check_positive_int(f"count_attention_params: {name}", size,
+                           allow_none=name in ("d_key", "n_kv_heads", "d_value", "model_params"))
     if d_key is None:
         if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}; pass "
-                             "d_key= explicitly")
+            raise AttnkitError(f"d_model={d_model} is not divisible by n_heads={n_heads}; pass "
+                               "d_key= explicitly")
         d_key = d_model // n_heads
     n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
     if n_heads % n_kv_heads:
-        raise ValueError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv_heads}; each "
-                         "key/value head must serve the same number of query heads")
+        raise AttnkitError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv_heads}; each "
+                           "key/value head must serve the same number of query heads")
     d_value = d_key if d_value is None else d_value
     per_matrix = {"W_Q": d_model * d_key, "W_K": d_model * d_key,
                   "W_V_down": d_model * d_value, "W_V_up": d_value * d_model}
@@ -210,12 +211,13 @@ def count_preset(name: str, **overrides: int | bool | None) -> AttentionParams:
     n_kv_heads, bias); the model's share is then no longer known and is dropped.
     """
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise AttnkitError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     preset = PRESETS[name]
     changed = {k: v for k, v in overrides.items() if v is not None and getattr(preset, k) != v}
     if changed:
         what = ", ".join(f"{k}={v}" for k, v in changed.items())
         preset = replace(preset, **changed, model_params=None, title=f"{preset.title} with {what}")
-    return count_attention_params(preset.d_model, preset.d_key, preset.n_heads, preset.n_layers,
-                                  preset.n_kv_heads, d_value=preset.d_value, bias=preset.bias,
+    return count_attention_params(preset.d_model, d_key=preset.d_key, n_heads=preset.n_heads,
+                                  n_layers=preset.n_layers, n_kv_heads=preset.n_kv_heads,
+                                  d_value=preset.d_value, bias=preset.bias,
                                   model_params=preset.model_params, title=preset.title)

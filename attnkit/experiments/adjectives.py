@@ -32,9 +32,9 @@ from attnkit.experiments.metrics import (
     head_view,
     qk_alignment,
 )
-from attnkit.experiments.tokenizer import ToyTokenizer
-from attnkit.experiments.toy import ToyConfig, ToyModel, load_toy, save_toy
 from attnkit.experiments.train import TrainConfig, train_toy
+from attnkit.models.tokenizer import ToyTokenizer
+from attnkit.models.toy import ToyConfig, ToyModel, load_toy, save_toy
 
 __all__ = [
     "WORDS", "GENTLE", "FIERCE", "MOODS", "VERBS_BY_MOOD", "MARK_BY_MOOD", "Sentence", "generate",

@@ -1,18 +1,16 @@
-"""The pictures and numbers of docs/adjectives.md, remade from the shipped model and MiniLM.
+"""The experiment's own pictures: the toy head's query/key space and a ranking heat map.
 
-``python -m attnkit.experiments.figures [OUT_DIR]`` writes ``adjectives-*.png`` into OUT_DIR
-(default ``docs/img``) and prints every figure the page quotes.
+Each function returns a matplotlib ``Figure`` (no pyplot, no backend switch); ``docs/figures.py``
+remakes every picture and number of docs/adjectives.md with them.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-from attnkit.experiments.adjectives import EXAMPLE, generate, head_view, load_toy, measure
+from attnkit.experiments.adjective_heads import BEYOND
 from attnkit.experiments.metrics import HeadView
+from attnkit.inspect.heads import HeadRanking
 
 _STYLE = {  # name: (colour, marker)
     "noun query": ("tab:red", "^"),
@@ -44,12 +42,10 @@ def qk_projection_figure(view: HeadView):
     query/key space. One panel per noun of the sentence; x is the direction of the mean noun
     query (so x of a key times x of a query is most of their dot product), y the direction of
     largest remaining spread. Returns a matplotlib Figure."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axs = plt.subplots(1, 2, figsize=(11, 4.6), dpi=120)
+    fig = Figure(figsize=(11, 4.6), dpi=120)
+    axs = fig.subplots(1, 2)
     for which, ax in zip((1, 2), axs, strict=True):
         points = qk_points(view, which)
         x_axis = points["noun query"].mean(0)
@@ -76,25 +72,18 @@ def qk_projection_figure(view: HeadView):
     return fig
 
 
-def ranking_figure(result):
-    """Every MiniLM head's score as a (layers × heads) heat map, beside the same share counting
-    only adjective tokens beyond the one right before the noun."""
-    import matplotlib
+def ranking_figure(result: HeadRanking):
+    """Every head's "adjectives" score as a (layers × heads) heat map, beside the same share
+    counting only adjective tokens beyond the one right before the noun."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_layers = 1 + max(lay for lay, _, _ in result.ranking)
-    n_heads = 1 + max(hd for _, hd, _ in result.ranking)
-    score = torch.zeros(n_layers, n_heads)
-    for lay, hd, s in result.ranking:
-        score[lay, hd] = s
-    beyond = torch.tensor([[result.beyond_previous.get((lay, hd), 0.0) for hd in range(n_heads)]
-                           for lay in range(n_layers)])
-    fig, axs = plt.subplots(1, 2, figsize=(11, 3.6), dpi=120)
-    panels = [(score, f"share on own adjectives (uniform baseline {result.baseline:.2f})"),
-              (beyond, "only adjective tokens beyond the previous one "
-                       f"(baseline {result.baseline_beyond:.2f})")]
+    n_layers, n_heads = result.scores.shape
+    beyond_baseline = next(iter(result.extra_baselines[BEYOND].values()))
+    fig = Figure(figsize=(11, 3.6), dpi=120)
+    axs = fig.subplots(1, 2)
+    panels = [(result.scores, f"share on own adjectives (uniform baseline {result.baseline:.2f})"),
+              (result.extra[BEYOND], "only adjective tokens beyond the previous one "
+                                     f"(baseline {beyond_baseline:.2f})")]
     for ax, (values, title) in zip(axs, panels, strict=True):
         im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1)
         for lay in range(n_layers):
@@ -102,46 +91,13 @@ def ranking_figure(result):
                 v = float(values[lay, hd])
                 ax.text(hd, lay, f"{v:.2f}"[1:] if v < 1 else "1", ha="center", va="center",
                         fontsize=6, color="white" if v > 0.6 else "black")
-        ax.set_xticks(range(n_heads))
-        ax.set_yticks(range(n_layers))
+        ax.set_xticks(range(n_heads), result.heads)
+        ax.set_yticks(range(n_layers), result.layers)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.025)
     fig.suptitle(f"{result.model_name}: how much of each noun's attention lands on its adjectives "
-                 f"({result.n_nouns} nouns, {result.n_sentences} sentences)", fontsize=10)
+                 f"({result.n_items} nouns, {result.n_inputs} sentences)", fontsize=10)
     fig.tight_layout()
     return fig
-
-
-def main(out: str = "docs/img") -> int:
-    import attnkit
-    from attnkit.inspect.heads import find_heads
-
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_toy()
-    print(measure(model, tokenizer))
-    toy = attnkit.explain(EXAMPLE, model="toy", layer=0, head=0)
-    toy.save_grid(out_dir / "adjectives-toy-grid.png")
-    second = "the tiny golden bird watched a wild dark jagged castle ."
-    attnkit.explain(second, model="toy", layer=0, head=0).save_grid(
-        out_dir / "adjectives-toy-grid-2.png")
-    view = head_view(model, tokenizer, generate(150, seed=7, held_out=True))
-    qk_projection_figure(view).savefig(out_dir / "adjectives-qk-projection.png")
-    result = find_heads("minilm")
-    print(result.table(10))
-    ranking_figure(result).savefig(out_dir / "adjectives-minilm-ranking.png")
-    layer, head = result.best
-    best = attnkit.explain(EXAMPLE, model="minilm", layer=layer, head=head)
-    best.save_grid(out_dir / "adjectives-minilm-best.png")
-    by_beyond = max(result.beyond_previous, key=result.beyond_previous.get)
-    print(f"best beyond the previous token: layer {by_beyond[0]} head {by_beyond[1]} "
-          f"{result.beyond_previous[by_beyond]:.3f}")
-    attnkit.explain(EXAMPLE, model="minilm", layer=by_beyond[0], head=by_beyond[1]).save_grid(
-        out_dir / "adjectives-minilm-beyond.png")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(*sys.argv[1:2]))

@@ -30,6 +30,9 @@ WORDS: dict[str, list[str]] = {
     "marks": [".", "!", "?"],
 }
 
+VOCAB: tuple[str, ...] = ("<pad>", *(w for group in WORDS.values() for w in group))
+"""The toy model's vocabulary in id order: padding, then every word of the grammar."""
+
 MOODS = ("gentle", "fierce", "mixed")
 """What a noun's adjectives say together: all gentle (or none at all), all fierce, both kinds."""
 

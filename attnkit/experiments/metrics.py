@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from attnkit.errors import OutOfRangeError
 from attnkit.experiments.grammar import WORDS, Sentence
-from attnkit.experiments.tokenizer import ToyTokenizer
-from attnkit.experiments.toy import ToyModel
+from attnkit.models.tokenizer import ToyTokenizer
+from attnkit.models.toy import ToyModel
 
 WORD_CLASSES = {w: cls[:-1] if cls != "marks" else "mark" for cls, ws in WORDS.items() for w in ws}
 """word → its class: "determiner", "adjective", "noun", "verb" or "mark"."""
@@ -40,8 +41,8 @@ def head_view(model: ToyModel, tokenizer: ToyTokenizer, sentences: list[Sentence
               head: int = 0) -> HeadView:
     """Queries, keys and the pattern of ``head`` on ``sentences``."""
     if not 0 <= head < model.config.n_heads:
-        raise ValueError(f"head {head} does not exist; the toy model has heads "
-                         f"0..{model.config.n_heads - 1}")
+        raise OutOfRangeError(f"head {head} does not exist; the toy model has heads "
+                              f"0..{model.config.n_heads - 1}")
     ids = tokenizer([s.text for s in sentences], return_tensors="pt")["input_ids"]  # (N, S)
     E = model.embed(ids)  # (N, S, d_model)
     h = model.attention.heads()[head]

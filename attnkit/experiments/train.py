@@ -12,9 +12,11 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from attnkit.experiments.grammar import Sentence, generate
-from attnkit.experiments.tokenizer import ToyTokenizer
-from attnkit.experiments.toy import ToyConfig, ToyModel, save_toy
+from attnkit.errors import AttnkitError
+from attnkit.experiments.grammar import VOCAB, Sentence, generate
+from attnkit.models.tokenizer import ToyTokenizer
+from attnkit.models.toy import ToyConfig, ToyModel, save_toy, toy_paths
+from attnkit.runtime import check_writable, torch_threads
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,12 @@ def batch_ids(tokenizer: ToyTokenizer, sentences: list[Sentence]) -> torch.Tenso
 
 
 def train_toy(out: str | Path | None = None, seed: int = 0, *, steps: int | None = None,
-              progress: bool = True, config: TrainConfig | None = None
-              ) -> tuple[ToyModel, ToyTokenizer]:
+              progress: bool = True, config: TrainConfig | None = None,
+              overwrite: bool = False) -> tuple[ToyModel, ToyTokenizer]:
     """Train the toy model from scratch; return ``(model, tokenizer)`` in eval mode.
 
-    ``out``: also save the weights there (a ``.safetensors`` path or a directory). ``seed`` sets
+    ``out``: also save the weights there (a ``.safetensors`` path or a directory; checked before
+    training, an existing file replaced only with ``overwrite=True``). ``seed`` sets
     the initial weights and the batch order (the sentences are always the grammar's training
     split, seeded with ``seed`` too). ``steps`` overrides ``config.steps``.
     """
@@ -48,19 +51,18 @@ def train_toy(out: str | Path | None = None, seed: int = 0, *, steps: int | None
     config = TrainConfig(**{**config.__dict__, "seed": seed,
                             **({"steps": steps} if steps is not None else {})})
     if config.steps <= 0:
-        raise ValueError(f"steps must be a positive number of optimizer steps; got {config.steps}")
-    tokenizer = ToyTokenizer()
+        raise AttnkitError(f"steps must be a positive number of optimizer steps; "
+                           f"got {config.steps}")
+    if out is not None:
+        check_writable(toy_paths(out), overwrite=overwrite)
+    tokenizer = ToyTokenizer(VOCAB)
     ids = batch_ids(tokenizer, generate(config.n_sentences, seed=config.seed))  # (N, S_max)
-    threads = torch.get_num_threads()
     # The matrices are tiny: one thread is faster than several waiting on each other, and it
     # keeps the arithmetic order (so the weights) the same on any machine.
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         model = _fit(config, tokenizer, ids, progress)
-    finally:
-        torch.set_num_threads(threads)
     if out is not None:
-        save_toy(model, out)
+        save_toy(model, out, overwrite=overwrite)
     return model, tokenizer
 
 

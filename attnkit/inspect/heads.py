@@ -1,277 +1,281 @@
-"""Rank every head of a model by a relation between words — for now "adjectives": how much of each
-noun's attention falls on its own adjectives, over a labelled set of sentences.
+"""Rank every head of a model by a relation: which keys should a query attend to?
 
-Labels are per word; a tokenizer that splits a word into pieces gets them mapped through character
-offsets, so a noun's score is the mean over its pieces of the mass on all pieces of its adjectives.
+A ``Relation`` supplies inputs (``Example``s) and, for each, its ``Targets``: items made of query
+positions and the key positions that count for them. A head's score for an item is the mean over
+the item's queries of the attention they put on the item's keys; its score for the relation is the
+mean over every item of every input. Weights are computed exactly from the captured ``q``, ``k``
+and log-sum-exp at the listed cells only (``Captured.weights_at``), so scoring costs what the
+relation lists, not ``S × S``, at any length.
+
+Baselines are the scores of heads nobody trained: uniform attention over the keys the model lets
+each query see, and whatever controls the relation names (e.g. "all attention on the previous
+token").
 """
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
-from importlib import resources
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-__all__ = ["find_heads", "HeadRanking", "RELATIONS", "Labelled", "labelled_sentences"]
+from attnkit.errors import AttnkitError
+from attnkit.inspect.capture import capture
+from attnkit.inspect.captured import visible_counts, visible_pairs
+from attnkit.inspect.families import describe
+from attnkit.runtime import torch_threads
 
-RELATIONS = {
-    "adjectives": "each noun's attention on its own adjectives (attributive, before the noun)",
-}
+__all__ = ["Targets", "Example", "Relation", "Control", "HeadRanking", "rank_heads",
+           "register_relation", "relation_named", "RELATIONS", "UNIFORM"]
 
-Span = tuple[int, int]  # (start, end) character offsets in the text
+UNIFORM = "uniform over the keys each query may see"
+"""The baseline every ranking reports: a head spreading each query's attention evenly."""
 
 
 @dataclass(frozen=True)
-class Labelled:
-    """One sentence with the relation marked: ``links`` maps a noun's character span to the spans
-    of its adjectives."""
+class Targets:
+    """Which keys count for which queries in one input, as weighted ``(query, key)`` pairs.
 
-    text: str
-    links: dict[Span, tuple[Span, ...]]
+    Item ``n``'s score is ``Σ weight[p] · attention(query[p] → key[p])`` over its pairs
+    (``item[p] == n``); the weights are ``1 / (the item's number of queries)``, so an item scores
+    the mean over its queries of the attention they put on its keys. All tensors ``(P,)``.
+    """
+
+    query: torch.Tensor
+    key: torch.Tensor
+    item: torch.Tensor
+    weight: torch.Tensor
+    n_items: int
+
+    @classmethod
+    def from_groups(cls, groups: Iterable[tuple[Sequence[int], Sequence[int]]]) -> Targets:
+        """One item per ``(queries, keys)`` group: every query of the group against every key."""
+        query, key, item, weight = [], [], [], []
+        n = 0
+        for queries, keys in groups:
+            queries, keys = list(queries), list(keys)
+            if not queries or not keys:
+                continue
+            for r in queries:
+                query += [r] * len(keys)
+                key += keys
+            item += [n] * (len(queries) * len(keys))
+            weight += [1.0 / len(queries)] * (len(queries) * len(keys))
+            n += 1
+        return cls(torch.tensor(query, dtype=torch.long), torch.tensor(key, dtype=torch.long),
+                   torch.tensor(item, dtype=torch.long),
+                   torch.tensor(weight, dtype=torch.float64), n)
+
+    @classmethod
+    def from_pairs(cls, query: torch.Tensor, key: torch.Tensor) -> Targets:
+        """One item per distinct query, whose keys are all the keys paired with it: its score is
+        the total attention the query puts on them."""
+        query, key = torch.as_tensor(query).long(), torch.as_tensor(key).long()
+        distinct, item = torch.unique(query, return_inverse=True)
+        return cls(query, key, item, torch.ones(len(query), dtype=torch.float64), len(distinct))
 
 
-_WORD = re.compile(r"[A-Za-z]+")
+@dataclass(frozen=True)
+class Example:
+    """One input of a relation: the model's keyword inputs (batch of one), the ``targets`` that
+    are scored, and optional ``extra`` views (named ``Targets`` scored the same way)."""
+
+    inputs: dict[str, torch.Tensor]
+    targets: Targets
+    extra: dict[str, Targets] = field(default_factory=dict)
 
 
-def _resolve(text: str, pairs: list[list[str]]) -> dict[Span, tuple[Span, ...]]:
-    """Turn ``[adjective, noun]`` word pairs into character spans (see adjective_sentences.json:
-    a noun is its first occurrence, or ``word#k`` its k-th; an adjective its nearest occurrence
-    before the noun)."""
-    words = [(m.group().lower(), m.span()) for m in _WORD.finditer(text)]
-    links: dict[Span, list[Span]] = {}
-    for adjective, noun in pairs:
-        name, _, nth = noun.lower().partition("#")
-        spots = [span for w, span in words if w == name]
-        if len(spots) < int(nth or 1):
-            raise ValueError(f"labelled noun {noun!r} is not in the sentence {text!r}")
-        noun_span = spots[int(nth or 1) - 1]
-        before = [span for w, span in words if w == adjective.lower() and span[1] <= noun_span[0]]
-        if not before:
-            raise ValueError(f"labelled adjective {adjective!r} does not come before {noun!r} in "
-                             f"{text!r}")
-        links.setdefault(noun_span, []).append(before[-1])
-    return {n: tuple(a) for n, a in links.items()}
+Control = Callable[[Targets, int], torch.Tensor]
+"""A hypothetical head: ``control(targets, seq_len) -> (P,)`` weights it would put on the pairs."""
 
 
-def labelled_sentences() -> list[Labelled]:
-    """The real English sentences shipped for the "adjectives" relation (written for attnkit)."""
-    raw = json.loads((resources.files("attnkit") / "data" / "adjective_sentences.json").read_text())
-    return [Labelled(s["text"], _resolve(s["text"], s["pairs"])) for s in raw["sentences"]]
+class Relation(Protocol):
+    """What a detector looks for. ``examples`` makes its inputs for a model and tokenizer;
+    ``controls`` names hypothetical heads whose scores are reported beside the uniform
+    baseline; ``inputs`` says in words what the inputs were."""
+
+    name: str
+    description: str
+    controls: dict[str, Control]
+
+    def examples(self, model: nn.Module, tokenizer: Any) -> list[Example]: ...
+
+    def inputs(self) -> str: ...
 
 
-def _toy_sentences(n: int = 100) -> list[Labelled]:
-    """Held-out sentences of the toy grammar, labelled (the toy model knows no other words)."""
-    from attnkit.experiments.grammar import generate
+RELATIONS: dict[str, Callable[[], Relation]] = {}
+"""name → factory of every registered relation (see ``register_relation``)."""
 
-    out = []
-    for sentence in generate(n, seed=4321, held_out=True):
-        spans, at = [], 0
-        for word in sentence.words:
-            spans.append((at, at + len(word)))
-            at += len(word) + 1
-        links = {spans[noun]: tuple(spans[a] for a in adjs)
-                 for noun, adjs in sentence.adjectives_of.items() if adjs}
-        out.append(Labelled(sentence.text, links))
-    return out
+
+def register_relation(name: str, factory: Callable[[], Relation]) -> None:
+    """Make ``find_heads(relation=name)`` build its relation with ``factory()``."""
+    RELATIONS[name] = factory
+
+
+def relation_named(name: str) -> Relation:
+    """The registered relation ``name``, or an error listing the known ones."""
+    if name not in RELATIONS:
+        raise AttnkitError(f"unknown relation {name!r}; known relations: "
+                           + ", ".join(repr(k) for k in RELATIONS))
+    return RELATIONS[name]()
 
 
 @dataclass(frozen=True)
 class HeadRanking:
-    """Every head scored for one relation, best first.
+    """Every head scored for one relation.
 
-    ``ranking``: ``(layer, head, score)``, where score is the mean over labelled nouns of the share
-    of the noun's attention on its own adjectives. ``baseline``: what a head attending uniformly
-    to the noun and every token before it would score; ``baseline_all``: uniformly to the whole
-    sentence (a flat bidirectional head); ``baseline_previous``: a head that puts all of each
-    token's attention on the token just before it — a common head in real models, and one that
-    scores well here without knowing anything about adjectives, since an adjective usually sits
-    right before its noun. ``beyond_previous[(layer, head)]``: the same share counting only the
-    adjective tokens that are *not* right before the noun, over the ``n_beyond`` nouns that have
-    such tokens (several adjectives, or an adjective cut into pieces) — where a previous-token
-    head scores nothing; ``baseline_beyond`` is the uniform-preceding baseline for it.
+    ``scores (L, H)`` float64: the mean item score of each head (layers and heads numbered by
+    ``layers``/``heads``). ``baselines``: the scores of hypothetical heads — the first is the
+    primary one (``x baseline`` in the table) — always including ``UNIFORM``. ``extra``: further
+    views of the same attention ``(L, H)``, each with its own ``extra_baselines`` and item count.
     """
 
     relation: str
+    description: str
     model_name: str
-    ranking: list[tuple[int, int, float]]
-    baseline: float
-    baseline_all: float
-    baseline_previous: float
-    n_sentences: int
-    n_nouns: int
-    beyond_previous: dict[tuple[int, int], float]
-    baseline_beyond: float
-    n_beyond: int
+    inputs: str
+    layers: list[int]
+    heads: list[int]
+    scores: torch.Tensor
+    baselines: dict[str, float]
+    n_inputs: int
+    n_items: int
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra_baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    extra_items: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ranking(self) -> list[tuple[int, int, float]]:
+        """``(layer, head, score)`` of every head, best first."""
+        cells = [(lay, hd, float(self.scores[a, b])) for a, lay in enumerate(self.layers)
+                 for b, hd in enumerate(self.heads)]
+        return sorted(cells, key=lambda t: -t[2])
 
     @property
     def best(self) -> tuple[int, int]:
         """``(layer, head)`` of the top-ranked head."""
-        return self.ranking[0][0], self.ranking[0][1]
+        layer, head, _ = self.ranking[0]
+        return layer, head
+
+    @property
+    def baseline(self) -> float:
+        """The primary baseline (the first of ``baselines``)."""
+        return next(iter(self.baselines.values()))
+
+    def score(self, layer: int, head: int, view: str | None = None) -> float:
+        """One head's score (or its score in the extra view ``view``)."""
+        table = self.scores if view is None else self.extra[view]
+        return float(table[self.layers.index(layer), self.heads.index(head)])
 
     def table(self, top: int | None = 10) -> str:
-        """The ranking as text: rank, layer, head, score, and score / baseline."""
+        """The ranking as text: the baselines, then rank, layer, head, score, score / baseline and
+        each extra view's score."""
         rows = self.ranking if top is None else self.ranking[:top]
-        pad = 57
-        lines = [f"{self.relation}: {RELATIONS[self.relation]}",
-                 f"model {self.model_name}; {self.n_nouns} nouns in {self.n_sentences} sentences",
-                 f"{'baseline, uniform over the noun and the tokens before it:':<{pad}} "
-                 f"{self.baseline:.3f}",
-                 f"{'baseline, uniform over the whole sentence:':<{pad}} {self.baseline_all:.3f}",
-                 f"{'control, all attention on the previous token:':<{pad}} "
-                 f"{self.baseline_previous:.3f}",
-                 f"beyond the previous token ({self.n_beyond} nouns), uniform baseline: "
-                 f"{self.baseline_beyond:.3f}",
-                 "", f"{'rank':>4} {'layer':>5} {'head':>4} {'score':>6} {'x baseline':>10} "
-                     f"{'beyond previous':>15}"]
+        pad = max([len(n) for n in self.baselines] + [40]) + 2
+        lines = [f"{self.relation}: {self.description}",
+                 f"model {self.model_name}; {self.n_items} items in {self.n_inputs} inputs "
+                 f"({self.inputs})"]
+        lines += [f"baseline, {name + ':':<{pad}} {value:.3f}"
+                  for name, value in self.baselines.items()]
+        for view, baselines in self.extra_baselines.items():
+            lines += [f"{view} ({self.extra_items[view]} items), baseline {name}: {value:.3f}"
+                      for name, value in baselines.items()]
+        header = f"{'rank':>4} {'layer':>5} {'head':>4} {'score':>6} {'x baseline':>10}"
+        header += "".join(f" {view:>{max(len(view), 6)}}" for view in self.extra)
+        lines += ["", header]
         for i, (layer, head, score) in enumerate(rows, 1):
-            beyond = self.beyond_previous.get((layer, head), float("nan"))
-            lines.append(f"{i:>4} {layer:>5} {head:>4} {score:>6.3f} "
-                         f"{score / self.baseline:>10.1f} {beyond:>15.3f}")
+            ratio = score / self.baseline if self.baseline > 0 else float("inf")
+            line = f"{i:>4} {layer:>5} {head:>4} {score:>6.3f} {ratio:>10.1f}"
+            line += "".join(f" {self.score(layer, head, view):>{max(len(view), 6)}.3f}"
+                            for view in self.extra)
+            lines.append(line)
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.table()
 
-
-def _pieces(offsets: list[Span], span: Span) -> list[int]:
-    """Indices of the tokens whose character offsets fall inside ``span``."""
-    s, e = span
-    return [i for i, (ts, te) in enumerate(offsets) if te > ts and ts < e and te > s]
-
-
-def _offsets(tokenizer: Any, text: str) -> list[Span]:
-    enc = tokenizer(text, return_offsets_mapping=True)
-    offsets = enc["offset_mapping"]
-    if offsets and isinstance(offsets[0], list | tuple) and offsets[0] and \
-            isinstance(offsets[0][0], list | tuple):
-        offsets = offsets[0]
-    return [(int(a), int(b)) for a, b in offsets]
+    def to_dict(self, top: int | None = None) -> dict[str, Any]:
+        """JSON-ready: the relation, model, inputs, baselines and the (top) ranking."""
+        rows = self.ranking if top is None else self.ranking[:top]
+        return {
+            "relation": self.relation, "description": self.description,
+            "model": self.model_name, "inputs": self.inputs, "n_inputs": self.n_inputs,
+            "n_items": self.n_items, "baselines": dict(self.baselines),
+            "extra_baselines": {k: dict(v) for k, v in self.extra_baselines.items()},
+            "ranking": [{"layer": lay, "head": hd, "score": sc,
+                         **{view: self.score(lay, hd, view) for view in self.extra}}
+                        for lay, hd, sc in rows],
+        }
 
 
-def _load(model: str | nn.Module, tokenizer: Any) -> tuple[nn.Module, Any, str]:
-    from attnkit import models
-
-    if isinstance(model, str):
-        net, tok = models.load_model(model)
-        return net, tok, model
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a name (e.g. 'minilm', 'toy') or a loaded nn.Module; got "
-                        f"{type(model).__name__}")
-    if tokenizer is None:
-        config = getattr(model, "config", None)
-        vocab = getattr(config, "vocab", None)
-        if vocab is not None:  # the toy model carries its vocabulary
-            from attnkit.experiments.tokenizer import ToyTokenizer
-
-            tokenizer = ToyTokenizer(vocab)
-        else:
-            raise ValueError("a loaded model needs its tokenizer: find_heads(model, "
-                             "tokenizer=tokenizer), or pass a name such as 'minilm'")
-    return model, tokenizer, models.model_info(model)["model_name"]
+def _uniform(targets: Targets, options: dict[str, Any], n_queries: int,
+             n_keys: int) -> torch.Tensor:
+    """``(P,)`` weights of a head attending evenly to every key its query may see."""
+    counts = visible_counts(options, n_queries, n_keys)[0]  # (Sq,) of the first head
+    seen = visible_pairs(options, targets.query, targets.key, n_queries, n_keys)[0]  # (P,)
+    at = counts[targets.query].double()
+    return torch.where(seen & (at > 0), 1.0 / at.clamp_min(1), torch.zeros_like(at))
 
 
-_CACHE: dict[tuple[str, str], HeadRanking] = {}
+_SMALL = 50_000_000  # parameters: below this, one thread beats several waiting on each other
 
 
-def find_heads(model: str | nn.Module = "minilm", relation: str = "adjectives",
-               top: int | None = None, *, tokenizer: Any = None,
-               sentences: list[Labelled] | None = None) -> HeadRanking:
-    """Rank every head of ``model`` by ``relation``; ``top`` keeps only the best ``top`` heads.
-
-    ``model``: "minilm", "toy", a Hugging Face id or path, or a loaded model (with its
-    ``tokenizer``). The sentences are the shipped labelled set of real English
-    (``labelled_sentences()``), or for the toy model held-out sentences of its grammar; pass
-    ``sentences`` to use your own.
-    """
-    if relation not in RELATIONS:
-        raise ValueError(f"unknown relation {relation!r}; known relations: "
-                         + ", ".join(f"{k!r} ({v})" for k, v in RELATIONS.items()))
-    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top <= 0):
-        raise ValueError(f"top must be a positive number of heads (or None for all); got {top!r}")
-    key = (model, relation) if isinstance(model, str) and sentences is None else None
-    if key is not None and key in _CACHE:
-        result = _CACHE[key]
-    else:
-        result = _rank(*_load(model, tokenizer), relation, sentences)
-        if key is not None:
-            _CACHE[key] = result
-    if top is None:
-        return result
-    return HeadRanking(**{**result.__dict__, "ranking": result.ranking[:top]})
+def rank_heads(model: nn.Module, tokenizer: Any, relation: Relation, *,
+               model_name: str | None = None, examples: list[Example] | None = None,
+               progress: bool = False) -> HeadRanking:
+    """Score every head of ``model`` for ``relation`` on its examples (or ``examples``)."""
+    info = describe(model)
+    examples = relation.examples(model, tokenizer) if examples is None else list(examples)
+    if not examples or sum(e.targets.n_items for e in examples) == 0:
+        raise AttnkitError(f"the inputs of relation {relation.name!r} hold no item to score "
+                           "(no query with a key that counts)")
+    small = sum(p.numel() for p in model.parameters()) < _SMALL
+    with torch_threads(1 if small else torch.get_num_threads()), torch.no_grad():
+        return _rank(model, info.name if model_name is None else model_name, relation,
+                     examples, progress)
 
 
-def _rank(net: nn.Module, tokenizer: Any, name: str, relation: str,
-          sentences: list[Labelled] | None) -> HeadRanking:
-    from attnkit import models
-
-    if sentences is None:
-        toy = getattr(getattr(net, "config", None), "vocab", None) is not None
-        sentences = _toy_sentences() if toy else labelled_sentences()
-    info = models.model_info(net)
-    n_layers, n_heads = info["n_layers"], info["n_heads"]
-    threads = torch.get_num_threads()
-    if sum(p.numel() for p in net.parameters()) < _SMALL:
-        # Short sentences through a small model: tiny matrices, where one thread is several
-        # times faster than many waiting on each other.
-        torch.set_num_threads(1)
-    try:
-        return _score(net, tokenizer, name, relation, sentences, n_layers, n_heads)
-    finally:
-        torch.set_num_threads(threads)
-
-
-_SMALL = 50_000_000  # parameters
-
-
-def _score(net: nn.Module, tokenizer: Any, name: str, relation: str, sentences: list[Labelled],
-           n_layers: int, n_heads: int) -> HeadRanking:
-    from attnkit import models
-
-    totals = torch.zeros(n_layers, n_heads, dtype=torch.float64)  # (L, H) sum of noun shares
-    base_causal = base_all = base_previous = base_beyond = 0.0
-    beyond = torch.zeros(n_layers, n_heads, dtype=torch.float64)  # (L, H)
-    n_nouns = n_beyond = 0
-    for item in sentences:
-        offsets = _offsets(tokenizer, item.text)
-        cap = models.run_and_capture(net, tokenizer, item.text)
-        S = cap.seq_len()
-        if len(offsets) != S:
-            raise ValueError(f"the tokenizer's offsets ({len(offsets)} tokens) do not match the "
-                             f"model's input ({S} tokens) for {item.text!r}")
-        for noun_span, adj_spans in item.links.items():
-            rows = _pieces(offsets, noun_span)
-            cols = sorted({i for span in adj_spans for i in _pieces(offsets, span)})
-            if not rows or not cols:
-                raise ValueError(f"no tokens for a labelled word in {item.text!r}")
-            rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
-            far = torch.tensor([c != rows[0] - 1 for c in cols])  # (C,) not right before
-            for layer in range(n_layers):
-                for head in range(n_heads):
-                    p = cap.pattern(layer, head, rows=rows_t, cols=cols_t)  # (R, C)
-                    totals[layer, head] += float(p.sum(-1).mean())
-                    if far.any():
-                        beyond[layer, head] += float(p[:, far].sum(-1).mean())
-            if far.any():
-                far_cols = [c for c, f in zip(cols, far.tolist(), strict=True) if f]
-                base_beyond += sum(sum(c <= r for c in far_cols) / (r + 1)
-                                   for r in rows) / len(rows)
-                n_beyond += 1
-            base_causal += sum(sum(c <= r for c in cols) / (r + 1) for r in rows) / len(rows)
-            base_all += len(cols) / S
-            base_previous += sum(r - 1 in cols for r in rows) / len(rows)
-            n_nouns += 1
-    if n_nouns == 0:
-        raise ValueError("the labelled sentences have no noun with an adjective; nothing to rank")
-    scores = totals / n_nouns  # (L, H)
-    ranking = sorted(((lay, hd, float(scores[lay, hd])) for lay in range(n_layers)
-                      for hd in range(n_heads)), key=lambda t: -t[2])
-    beyond = beyond / max(n_beyond, 1)  # (L, H)
-    return HeadRanking(relation, name, ranking, base_causal / n_nouns, base_all / n_nouns,
-                       base_previous / n_nouns, len(sentences), n_nouns,
-                       {(lay, hd): float(beyond[lay, hd]) for lay in range(n_layers)
-                        for hd in range(n_heads)} if n_beyond else {},
-                       base_beyond / max(n_beyond, 1), n_beyond)
+def _rank(model: nn.Module, name: str, relation: Relation, examples: list[Example],
+          progress: bool) -> HeadRanking:
+    views = ["", *examples[0].extra]  # "" is the main targets
+    totals: dict[str, torch.Tensor] = {}
+    items = dict.fromkeys(views, 0)
+    base: dict[str, dict[str, float]] = {v: {} for v in views}
+    layers: list[int] = []
+    heads: list[int] = []
+    for example in tqdm(examples, desc=f"find-heads {relation.name}", disable=not progress,
+                        leave=False):
+        with capture(model) as cap:
+            model(**example.inputs)
+        layers, heads = cap.layers, cap.heads
+        n_queries, n_keys = cap.queries(layers[0]).shape[2], cap.keys(layers[0]).shape[2]
+        for view in views:
+            targets = example.targets if view == "" else example.extra[view]
+            if targets.n_items == 0:
+                continue
+            weights = torch.stack([cap.weights_at(layer, targets.query, targets.key)
+                                   for layer in layers]).double()  # (L, H, P)
+            per_item = torch.zeros(len(layers), len(heads), targets.n_items, dtype=torch.float64)
+            per_item.index_add_(2, targets.item, weights * targets.weight)  # (L, H, items)
+            total = totals.setdefault(view, torch.zeros(len(layers), len(heads),
+                                                        dtype=torch.float64))
+            total += per_item.sum(-1)
+            items[view] += targets.n_items
+            first = cap.options(layers[0])
+            controls = {**relation.controls,
+                        UNIFORM: lambda t, s, o=first, sq=n_queries, sk=n_keys: _uniform(t, o, sq,
+                                                                                          sk)}
+            for control, fn in controls.items():
+                w = fn(targets, n_keys).double() * targets.weight  # (P,)
+                base[view][control] = base[view].get(control, 0.0) + float(w.sum())
+    scores = totals[""] / items[""]
+    extra = {v: totals[v] / items[v] for v in views[1:] if items[v]}
+    averaged = {v: {c: s / max(items[v], 1) for c, s in base[v].items()} for v in views}
+    return HeadRanking(
+        relation=relation.name, description=relation.description, model_name=name,
+        inputs=relation.inputs(), layers=layers, heads=heads, scores=scores,
+        baselines=averaged[""], n_inputs=len(examples), n_items=items[""], extra=extra,
+        extra_baselines={v: averaged[v] for v in extra}, extra_items={v: items[v] for v in extra})

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import torch
 
+from attnkit.errors import AttnkitError, OutOfRangeError
+from attnkit.inspect.captured import Captured, select_one
 from attnkit.kernels.api import pattern as _pattern
 
 __all__ = ["HeadPattern", "Pooled", "pooled", "top_keys", "from_capture"]
@@ -49,19 +51,22 @@ class HeadPattern:
         """
         b, hq, sq, _ = q.shape
         hkv, sk = k.shape[1], k.shape[2]
-        if not 0 <= batch < b:
-            raise ValueError(f"batch {batch} is out of range: the call has {b} sequences "
-                             f"(0..{b - 1})")
-        if not 0 <= head < hq:
-            raise ValueError(f"head {head} is out of range: the call has {hq} query heads "
-                             f"(0..{hq - 1})")
+        for name, value, size, what in (("batch", batch, b, "sequences"),
+                                        ("head", head, hq, "query heads")):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < size:
+                raise OutOfRangeError(f"{name} {value!r} is out of range: the call has {size} "
+                                      f"{what} (0..{size - 1})")
         kv_head = head // (hq // hkv)
         q1 = q[batch:batch + 1, head:head + 1]  # (1, 1, Sq, D)
         k1 = k[batch:batch + 1, kv_head:kv_head + 1]  # (1, 1, Sk, D)
         lse1 = lse[batch:batch + 1, head:head + 1]  # (1, 1, Sq)
         kept = {name: options.get(name) for name in ("causal", "window", "scale")}
+        heads = torch.tensor([head])
         for name in ("mask", "bias"):
-            kept[name] = _one_head(options.get(name), batch, head)
+            t = options.get(name)
+            if t is not None:
+                t = t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))  # (B|1, Hq|1, Sq|1, Sk|1)
+            kept[name] = select_one(t, batch, heads)
 
         def tile(rows: slice, cols: slice) -> torch.Tensor:
             return _pattern(q1, k1, lse1, rows=rows, cols=cols, **kept)[0, 0]  # (R, C)
@@ -73,26 +78,14 @@ class HeadPattern:
         return self.tile_fn(rows, cols)
 
 
-def from_capture(capture: Any, layer: int, head: int, batch: int = 0) -> HeadPattern:
-    """A ``HeadPattern`` over one head of an ``attnkit.capture`` result, via ``Capture.pattern``."""
+def from_capture(capture: Captured, layer: int, head: int, batch: int = 0) -> HeadPattern:
+    """A ``HeadPattern`` over one head of a capture (live or loaded), via ``pattern``."""
     n = capture.seq_len(batch)
 
     def tile(rows: slice, cols: slice) -> torch.Tensor:
         return capture.pattern(layer, head, batch=batch, rows=rows, cols=cols)
 
     return HeadPattern(n, n, tile)
-
-
-def _one_head(t: torch.Tensor | None, batch: int, head: int) -> torch.Tensor | None:
-    """Slice a mask/bias broadcastable to ``(B, Hq, Sq, Sk)`` down to ``(1, 1, Sq|1, Sk|1)``."""
-    if t is None:
-        return None
-    t = t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))  # (B|1, Hq|1, Sq|1, Sk|1)
-    if t.shape[0] > 1:
-        t = t[batch:batch + 1]
-    if t.shape[1] > 1:
-        t = t[:, head:head + 1]
-    return t
 
 
 @dataclass(frozen=True)
@@ -133,9 +126,9 @@ def pooled(head: HeadPattern, rows: tuple[int, int] | None = None,
     a region no bigger than ``size`` on a side comes back exact (blocks of 1).
     """
     if reduce not in ("max", "mean"):
-        raise ValueError(f"reduce must be 'max' or 'mean'; got {reduce!r}")
+        raise AttnkitError(f"reduce must be 'max' or 'mean'; got {reduce!r}")
     if not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int; got {size!r}")
+        raise AttnkitError(f"size must be a positive int; got {size!r}")
     r0, r1 = _check_range("rows", rows, head.n_queries)
     c0, c1 = _check_range("cols", cols, head.n_keys)
     br = math.ceil((r1 - r0) / size)
@@ -169,16 +162,16 @@ def _check_range(name: str, span: tuple[int, int] | None, n: int) -> tuple[int, 
         return 0, n
     start, stop = (int(x) for x in span)
     if not 0 <= start < stop <= n:
-        raise ValueError(f"{name} range {start}..{stop} is outside the pattern: need "
-                         f"0 <= start < stop <= {n}")
+        raise AttnkitError(f"{name} range {start}..{stop} is outside the pattern: need "
+                           f"0 <= start < stop <= {n}")
     return start, stop
 
 
 def top_keys(head: HeadPattern, query: int, k: int = 5) -> list[tuple[int, float]]:
     """The ``k`` keys that answer ``query`` best, as ``[(key position, weight)]``, best first."""
     if not 0 <= query < head.n_queries:
-        raise ValueError(f"query {query} is out of range: the pattern has {head.n_queries} queries "
-                         f"(0..{head.n_queries - 1})")
+        raise OutOfRangeError(f"query {query} is out of range: the pattern has "
+                              f"{head.n_queries} queries (0..{head.n_queries - 1})")
     row = head.tile(slice(query, query + 1), slice(None))[0]  # (Sk,)
     weights, keys = torch.topk(row, min(k, row.numel()))
     return [(int(j), float(w)) for j, w in zip(keys, weights, strict=True) if w > 0]

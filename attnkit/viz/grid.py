@@ -1,4 +1,5 @@
-"""Attention patterns as pictures in the notes' layout (matplotlib, Agg backend).
+"""Attention patterns as pictures in the notes' layout: matplotlib ``Figure``s, made without
+pyplot, so no backend is switched (save them with ``fig.savefig``).
 
 The notes draw keys down the left side and queries across the top, so each column (one query)
 sums to one; ``orientation="query-key"`` draws the ``[query, key]`` tensor layout instead.
@@ -9,51 +10,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
+from attnkit.errors import AttnkitError
+from attnkit.viz.layout import cell_text, check_orientation, hidden_cells, oriented
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+__all__ = ["grid_figure", "heads_figure"]
 
-__all__ = ["ORIENTATIONS", "grid_figure", "heads_figure", "hidden_cells", "oriented"]
-
-ORIENTATIONS = ("notes", "query-key")
 CMAP = "Blues"
 MASKED = "#d9d9d9"  # cells a causal model may not look at
 ANNOTATE_UP_TO = 16  # write the weights into the cells of grids this small
-
-
-def check_orientation(orientation: str) -> str:
-    if orientation not in ORIENTATIONS:
-        raise ValueError(f"orientation must be one of {', '.join(ORIENTATIONS)}; "
-                         f"got {orientation!r}")
-    return orientation
-
-
-def cell_text(weight: float) -> str:
-    """A weight written into its cell: ".42", or "1" for weights that round to one."""
-    return "1" if weight >= 0.995 else f"{weight:.2f}"[1:]
-
-
-def hidden_cells(n_queries: int, n_keys: int, causal: bool) -> np.ndarray:
-    """``(Sq, Sk)`` bool, ``[query, key]``: True where a causal model hides the key from the query.
-
-    Causal is aligned bottom-right: query ``i`` sees keys ``j <= i + Sk - Sq``.
-    """
-    if not causal:
-        return np.zeros((n_queries, n_keys), dtype=bool)
-    i = np.arange(n_queries)[:, None]
-    j = np.arange(n_keys)[None, :]
-    return j > i + n_keys - n_queries
-
-
-def oriented(pattern: torch.Tensor, orientation: str) -> np.ndarray:
-    """``[query, key]`` ``(Sq, Sk)`` → the array drawn: ``(Sk, Sq)`` for "notes", else as is."""
-    data = pattern.detach().float().cpu().numpy()
-    return data.T if check_orientation(orientation) == "notes" else data
 
 
 def grid_figure(pattern: torch.Tensor, tokens: Sequence[str], *,
@@ -75,15 +45,16 @@ def grid_figure(pattern: torch.Tensor, tokens: Sequence[str], *,
         a matplotlib Figure; ``fig.axes[0].images[0].get_array()`` is the drawn array.
     """
     if pattern.dim() != 2:
-        raise ValueError(f"pattern must be 2-D [query, key]; got shape {tuple(pattern.shape)}")
+        raise AttnkitError(f"pattern must be 2-D [query, key]; got shape {tuple(pattern.shape)}")
     sq, sk = pattern.shape
     key_tokens = list(tokens) if key_tokens is None else list(key_tokens)
     if len(tokens) != sq or len(key_tokens) != sk:
-        raise ValueError(f"pattern is {sq} queries x {sk} keys but got {len(tokens)} query tokens "
-                         f"and {len(key_tokens)} key tokens; pass one token per position")
+        raise AttnkitError(f"pattern is {sq} queries x {sk} keys but got {len(tokens)} query "
+                           f"tokens and {len(key_tokens)} key tokens; pass one token per "
+                           "position")
     notes = check_orientation(orientation) == "notes"
-    data = oriented(pattern, orientation)  # (Sk, Sq) for notes
-    hidden = hidden_cells(sq, sk, causal)
+    data = oriented(pattern, orientation).numpy()  # (Sk, Sq) for notes
+    hidden = hidden_cells(sq, sk, causal).numpy()
     hidden = hidden.T if notes else hidden
     row_labels, col_labels = (key_tokens, list(tokens)) if notes else (list(tokens), key_tokens)
     row_name, col_name = ("keys", "queries") if notes else ("queries", "keys")
@@ -122,7 +93,7 @@ def _mark_hidden(ax, hidden: np.ndarray, hatch: bool) -> None:
     if not hidden.any():
         return
     overlay = np.ma.masked_where(~hidden, np.ones(hidden.shape))
-    ax.imshow(overlay, cmap=matplotlib.colors.ListedColormap([MASKED]), vmin=0, vmax=1,
+    ax.imshow(overlay, cmap=ListedColormap([MASKED]), vmin=0, vmax=1,
               interpolation="nearest", aspect="equal")
     if hatch:
         for r, c in zip(*np.nonzero(hidden), strict=True):
@@ -141,19 +112,19 @@ def heads_figure(patterns: torch.Tensor, *, orientation: str = "notes", causal: 
         chosen: ``(layer, head)`` (model numbers) framed in red.
     """
     if patterns.dim() != 4:
-        raise ValueError(f"patterns must be (layers, heads, Sq, Sk); got {tuple(patterns.shape)}")
+        raise AttnkitError(f"patterns must be (layers, heads, Sq, Sk); got {tuple(patterns.shape)}")
     n_layers, n_heads, sq, sk = patterns.shape
     layers = list(range(n_layers)) if layers is None else list(layers)
     heads = list(range(n_heads)) if heads is None else list(heads)
-    hidden = hidden_cells(sq, sk, causal)
+    hidden = hidden_cells(sq, sk, causal).numpy()
     hidden = hidden.T if check_orientation(orientation) == "notes" else hidden
     fig = Figure(figsize=(1.0 + 1.1 * n_heads, 1.0 + 1.2 * n_layers), dpi=100)
     axes = fig.subplots(n_layers, n_heads, squeeze=False)
-    masked_cmap = plt.get_cmap(CMAP).with_extremes(bad=MASKED)
+    masked_cmap = matplotlib.colormaps[CMAP].with_extremes(bad=MASKED)
     for layer in range(n_layers):
         for head in range(n_heads):
             ax = axes[layer][head]
-            data = np.ma.masked_where(hidden, oriented(patterns[layer, head], orientation))
+            data = np.ma.masked_where(hidden, oriented(patterns[layer, head], orientation).numpy())
             ax.imshow(data, cmap=masked_cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])

@@ -16,17 +16,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import HTMLResponse
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from attnkit.explainer import count_tokens
+from attnkit.errors import AttnkitError
+from attnkit.inspect.families import describe
 from attnkit.inspect.patterns import HeadPattern, from_capture, pooled, top_keys
+from attnkit.inspect.running import CHARS_PER_TOKEN, check_text, count_tokens, run_and_capture
+from attnkit.models import load_model
+from attnkit.viz.limits import MAX_TOKENS
 from attnkit.viz.page import escape_json, static_text
 
-__all__ = ["create_app", "MAX_TOKENS"]
+__all__ = ["create_app", "MAX_TOKENS", "LOOPBACK_HOSTS"]
 
-MAX_TOKENS = 16_384  # the longest input the explorer takes, whatever the model
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
+"""Host headers the explorer answers by default: a page on another name (DNS rebinding) is not."""
 KEEP = 4  # captures kept in memory (most recent first out)
 VIEW = 256  # a view is at most VIEW x VIEW cells
 VIEWS_KEPT = 32  # views cached per text: switching back to a head or zooming out is instant
@@ -34,6 +41,24 @@ VIEWS_KEPT = 32  # views cached per text: switching back to a head or zooming ou
 
 class CaptureRequest(BaseModel):
     text: str
+
+
+class Problem(BaseModel):
+    """Every error the explorer sends: a status code and ``{"detail": message}``."""
+
+    detail: str
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI documentation of the error responses an endpoint really sends."""
+    meaning = {
+        400: "a layer, head, position or region outside what the capture holds",
+        404: "an unknown capture id (the explorer keeps the last few texts)",
+        413: "a text longer than the explorer takes",
+        422: "a missing or malformed parameter or body, an empty text, or text that is not "
+             "valid Unicode",
+    }
+    return {code: {"model": Problem, "description": meaning[code]} for code in codes}
 
 
 @dataclass
@@ -59,31 +84,43 @@ def _fail(status: int, message: str) -> HTTPException:
 
 
 def create_app(model_name: str = "minilm", *, model: Any = None, tokenizer: Any = None,
-               max_tokens: int = MAX_TOKENS) -> FastAPI:
+               max_tokens: int = MAX_TOKENS,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
     """The explorer app for one model: ``model_name`` is loaded with ``attnkit.load_model`` unless
-    a loaded ``model`` and its ``tokenizer`` are given.
+    a loaded ``model`` and its ``tokenizer`` are given. Requests whose Host header is not one of
+    ``allowed_hosts`` (default: the loopback names) get 400.
 
     Endpoints: ``GET /`` the page; ``GET /api/info``; ``POST /api/capture {"text"}`` →
     ``{"id", "tokens", "n"}``; ``GET /api/view?id&layer&head[&r0&r1&c0&c1&size&reduce]`` → a
     region of the ``[query, key]`` pattern pooled to at most ``size`` x ``size`` (exact when it
     fits); ``GET /api/top?id&layer&head&query[&k]`` → that query's best keys. Errors are 4xx with a
-    JSON ``{"detail": message}``.
+    JSON ``{"detail": message}``; ``GET /openapi.json`` documents them all.
     """
-    from attnkit import models
-
     if model is None:
-        model, tokenizer = models.load_model(model_name)
+        model, tokenizer = load_model(model_name)
     elif tokenizer is None:
-        raise ValueError("create_app(model=...) needs the model's tokenizer too")
-    info = models.model_info(model)
-    n_layers, n_heads = int(info["n_layers"]), int(info["n_heads"])
-    limit = min(max_tokens, int(info.get("max_len") or max_tokens))
+        raise AttnkitError("create_app(model=...) needs the model's tokenizer too")
+    info = describe(model)
+    n_layers, n_heads = info.n_layers, info.n_heads
+    limit = min(max_tokens, info.max_len or max_tokens)
     sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
     lock = threading.Lock()  # one forward pass at a time; the CPU is the bottleneck anyway
 
-    app = FastAPI(title="attnkit explorer", docs_url=None, redoc_url=None, openapi_url=None)
+    # the interactive docs pages load scripts from a CDN, which the explorer never does
+    app = FastAPI(title="attnkit explorer", docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json")
+    app.add_middleware(TrustedHostMiddleware,
+                       allowed_hosts=LOOPBACK_HOSTS if allowed_hosts is None else allowed_hosts)
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in err.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "the request"
+            parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
     about = {"model": model_name, "n_layers": n_layers, "n_heads": n_heads,
-             "max_tokens": limit, "causal": bool(info.get("causal", False)), "view": VIEW}
+             "max_tokens": limit, "causal": info.causal, "view": VIEW}
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -93,12 +130,16 @@ def create_app(model_name: str = "minilm", *, model: Any = None, tokenizer: Any 
     def api_info() -> dict[str, Any]:
         return about
 
-    @app.post("/api/capture")
+    @app.post("/api/capture", responses=_responses(413, 422))
     def api_capture(request: CaptureRequest) -> dict[str, Any]:
         text = request.text
         if not text.strip():
             raise _fail(422, "the text is empty; type a sentence first")
-        if len(text) > 40 * limit:  # no tokenizer makes fewer tokens than characters / 40
+        try:
+            check_text(text)
+        except AttnkitError as err:
+            raise _fail(422, str(err)) from None
+        if len(text) > CHARS_PER_TOKEN * limit:  # longer than any tokenizer's tokens could be
             raise _fail(413, f"the text is {len(text):,} characters, far over the limit of "
                              f"{limit:,} tokens; shorten it")
         n_tokens = count_tokens(tokenizer, text)
@@ -106,7 +147,7 @@ def create_app(model_name: str = "minilm", *, model: Any = None, tokenizer: Any 
             raise _fail(413, f"the text is {n_tokens:,} tokens but this explorer takes at most "
                              f"{limit:,} tokens with {model_name}; shorten it")
         with lock, torch.no_grad():
-            cap = models.run_and_capture(model, tokenizer, text)
+            cap = run_and_capture(model, tokenizer, text)
         session = Session(cap, list(cap.tokens), cap.seq_len(0))
         key = uuid.uuid4().hex
         sessions[key] = session
@@ -127,7 +168,7 @@ def create_app(model_name: str = "minilm", *, model: Any = None, tokenizer: Any 
         session = sessions[key]
         return session, from_capture(session.capture, layer, head)
 
-    @app.get("/api/view")
+    @app.get("/api/view", responses=_responses(400, 404, 422))
     def api_view(id: str, layer: int, head: int, r0: int = 0, r1: int | None = None,
                  c0: int = 0, c1: int | None = None,
                  size: int = Query(VIEW, ge=1, le=VIEW),
@@ -138,16 +179,16 @@ def create_app(model_name: str = "minilm", *, model: Any = None, tokenizer: Any 
         try:
             return session.view((layer, head, rows, cols, size, reduce), lambda: pooled(
                 source, rows=rows, cols=cols, size=size, reduce=reduce).to_dict())
-        except ValueError as err:
+        except AttnkitError as err:
             raise _fail(400, str(err)) from None
 
-    @app.get("/api/top")
+    @app.get("/api/top", responses=_responses(400, 404, 422))
     def api_top(id: str, layer: int, head: int, query: int,
                 k: int = Query(8, ge=1, le=64)) -> dict[str, Any]:
         session, source = head_of(id, layer, head)
         try:
             best = top_keys(source, query, k)
-        except ValueError as err:
+        except AttnkitError as err:
             raise _fail(400, str(err)) from None
         return {"query": query, "token": session.tokens[query],
                 "keys": [{"key": j, "token": session.tokens[j], "weight": w} for j, w in best]}

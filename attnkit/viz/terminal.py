@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from attnkit.viz.grid import check_orientation, hidden_cells
+from attnkit.viz.layout import check_orientation, hidden_cells
 
 __all__ = ["terminal_grid", "best_keys_lines"]
 
@@ -43,7 +43,7 @@ def terminal_grid(pattern: torch.Tensor, tokens: Sequence[str], *, causal: bool 
     n = pattern.shape[0]
     shown = min(n, MAX_TOKENS)
     p = pattern[:shown, :shown].detach().float().cpu()  # (S', S') [query, key]
-    hidden = torch.from_numpy(hidden_cells(n, n, causal)[:shown, :shown])
+    hidden = hidden_cells(n, n, causal)[:shown, :shown]
     notes = check_orientation(orientation) == "notes"
     cells, hide = (p.T, hidden.T) if notes else (p, hidden)  # [row, column]
     labels = [_label(t) for t in tokens[:shown]]

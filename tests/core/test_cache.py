@@ -5,7 +5,7 @@ import torch
 
 import attnkit
 from attnkit import KVCache, MultiHeadAttention
-from attnkit.inspect.recording import recording
+from attnkit.kernels.recording import recording
 
 
 class Recorder:
@@ -27,7 +27,7 @@ class Recorder:
 @pytest.mark.parametrize("chunks", [[1] * 9, [4, 1, 1, 3]], ids=["token-by-token", "prefill"])
 def test_decoding_with_the_cache_equals_one_full_causal_forward(chunks):
     torch.manual_seed(1)
-    mha = MultiHeadAttention(24, 6, n_kv_heads=2, bias=True, dtype=torch.float64)  # grouped
+    mha = MultiHeadAttention(24, n_heads=6, n_kv_heads=2, bias=True, dtype=torch.float64)  # grouped
     with torch.no_grad():
         mha.b_K.normal_()
     E = torch.randn(2, sum(chunks), 24, dtype=torch.float64)
@@ -58,7 +58,7 @@ def test_decoding_with_the_cache_equals_one_full_causal_forward(chunks):
 
 
 def test_cache_works_for_unbatched_E_and_can_be_reset():
-    mha = MultiHeadAttention(8, 2)
+    mha = MultiHeadAttention(8, n_heads=2)
     E = torch.randn(5, 8)
     cache = mha.new_cache(1, 5)
     with torch.no_grad():
@@ -71,7 +71,7 @@ def test_cache_works_for_unbatched_E_and_can_be_reset():
 
 
 def test_a_cache_from_another_module_is_a_clear_error():
-    layer0, layer1 = MultiHeadAttention(8, 2), MultiHeadAttention(8, 2)
+    layer0, layer1 = MultiHeadAttention(8, n_heads=2), MultiHeadAttention(8, n_heads=2)
     cache = layer0.new_cache(1, 4)
     with pytest.raises(ValueError,
                        match=r"made by another module.*layer.new_cache\(batch, max_len\)"):
@@ -79,7 +79,7 @@ def test_a_cache_from_another_module_is_a_clear_error():
 
 
 def test_a_full_cache_is_a_clear_error():
-    mha = MultiHeadAttention(8, 2)
+    mha = MultiHeadAttention(8, n_heads=2)
     cache = mha.new_cache(1, 3)
     with torch.no_grad():
         mha(torch.randn(1, 2, 8), cache=cache)
@@ -90,7 +90,7 @@ def test_a_full_cache_is_a_clear_error():
 
 
 def test_other_cache_misuse_gives_clear_errors():
-    mha = MultiHeadAttention(8, 2)
+    mha = MultiHeadAttention(8, n_heads=2)
     cache = mha.new_cache(2, 4)
     with pytest.raises(ValueError, match=r"holds a batch of 2 sequences but E has batch 3"):
         mha(torch.randn(3, 1, 8), cache=cache)
@@ -98,7 +98,7 @@ def test_other_cache_misuse_gives_clear_errors():
         mha(torch.randn(2, 1, 8), cache={"k": None})
     with pytest.raises(ValueError, match="max_len must be a positive integer; got 0"):
         mha.new_cache(2, 0)
-    cross = MultiHeadAttention(8, 2, causal=False)
+    cross = MultiHeadAttention(8, n_heads=2, causal=False)
     with pytest.raises(ValueError, match="cache= works with self-attention only"):
         cross(torch.randn(2, 1, 8), context=torch.randn(2, 3, 8), cache=cross.new_cache(2, 4))
     mha.double()

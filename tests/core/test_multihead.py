@@ -35,7 +35,7 @@ def randomize_biases(mha: MultiHeadAttention) -> None:
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("backend", ["blockwise", "reference"])
 def test_self_attention_matches_nn_multiheadattention_outputs_and_gradients(causal, bias, backend):
-    mha = MultiHeadAttention(24, 4, causal=causal, bias=bias, dtype=torch.float64)
+    mha = MultiHeadAttention(24, n_heads=4, causal=causal, bias=bias, dtype=torch.float64)
     randomize_biases(mha)
     peer = torch_peer(mha)
     E = torch.randn(3, 11, 24, dtype=torch.float64, requires_grad=True)
@@ -62,7 +62,7 @@ def test_self_attention_matches_nn_multiheadattention_outputs_and_gradients(caus
 
 
 def test_cross_attention_with_key_padding_matches_nn_multiheadattention():
-    mha = MultiHeadAttention(16, 2, causal=False, bias=True, dtype=torch.float64)
+    mha = MultiHeadAttention(16, n_heads=2, causal=False, bias=True, dtype=torch.float64)
     randomize_biases(mha)
     peer = torch_peer(mha)
     E = torch.randn(2, 5, 16, dtype=torch.float64)
@@ -77,7 +77,7 @@ def test_cross_attention_with_key_padding_matches_nn_multiheadattention():
 @given(n_kv=st.sampled_from([1, 2, 3, 6]), seq=st.integers(1, 8), d_key=st.integers(1, 5),
        causal=st.booleans(), batch=st.sampled_from([None, 2]))
 def test_output_is_E_plus_the_sum_of_each_heads_update(n_kv, seq, d_key, causal, batch):
-    mha = MultiHeadAttention(10, 6, d_key=d_key, n_kv_heads=n_kv, causal=causal,
+    mha = MultiHeadAttention(10, n_heads=6, d_key=d_key, n_kv_heads=n_kv, causal=causal,
                              dtype=torch.float64)
     E = torch.randn((seq, 10) if batch is None else (batch, seq, 10), dtype=torch.float64)
     heads = mha.heads()
@@ -87,8 +87,8 @@ def test_output_is_E_plus_the_sum_of_each_heads_update(n_kv, seq, d_key, causal,
 
 
 def test_grouped_heads_equal_full_heads_with_repeated_key_value_weights():
-    grouped = MultiHeadAttention(12, 4, d_key=3, n_kv_heads=2, dtype=torch.float64)
-    full = MultiHeadAttention(12, 4, d_key=3, dtype=torch.float64)
+    grouped = MultiHeadAttention(12, n_heads=4, d_key=3, n_kv_heads=2, dtype=torch.float64)
+    full = MultiHeadAttention(12, n_heads=4, d_key=3, dtype=torch.float64)
     with torch.no_grad():
         full.W_Q.copy_(grouped.W_Q)
         full.W_O.copy_(grouped.W_O)
@@ -101,40 +101,67 @@ def test_grouped_heads_equal_full_heads_with_repeated_key_value_weights():
 
 
 def test_parameter_shapes():
-    mha = MultiHeadAttention(32, 8, n_kv_heads=2)
+    mha = MultiHeadAttention(32, n_heads=8, n_kv_heads=2)
     assert mha.d_key == 4
     shapes = {n: tuple(p.shape) for n, p in mha.named_parameters()}
     assert shapes == {"W_Q": (32, 32), "W_K": (32, 8), "W_V": (32, 8), "W_O": (32, 32)}
     assert sum(p.numel() for p in mha.parameters()) == attnkit.count_attention_params(
-        32, 4, 8, 1, n_kv_heads=2).total
+        32, d_key=4, n_heads=8, n_layers=1, n_kv_heads=2).total
+
+
+def test_d_value_sets_each_heads_value_bottleneck():
+    """value↓ and value↑ of width d_value != d_key: the layer is still E + the heads' updates, and
+    the KV cache holds values of that width."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(12, n_heads=4, d_key=3, d_value=5, n_kv_heads=2, dtype=torch.float64)
+    shapes = {n: tuple(p.shape) for n, p in mha.named_parameters()}
+    assert shapes == {"W_Q": (12, 12), "W_K": (12, 6), "W_V": (12, 10), "W_O": (20, 12)}
+    assert sum(p.numel() for p in mha.parameters()) == attnkit.count_attention_params(
+        12, d_key=3, d_value=5, n_heads=4, n_kv_heads=2).total
+    E = torch.randn(2, 7, 12, dtype=torch.float64)
+    heads = mha.heads()
+    assert heads[0].d_value == 5
+    torch.testing.assert_close(mha(E), E + sum(h.update(E) for h in heads), atol=1e-12,
+                               rtol=1e-10)
+    cache = mha.new_cache(batch=2, max_len=7)
+    with torch.no_grad():
+        steps = torch.cat([mha(E[:, i:i + 1], cache=cache) for i in range(7)], dim=1)
+    assert cache.values().shape == (2, 2, 7, 5)
+    torch.testing.assert_close(steps, mha(E).detach(), atol=1e-12, rtol=1e-10)
+
+
+def test_everything_after_d_model_is_a_keyword():
+    with pytest.raises(TypeError, match="positional argument"):
+        MultiHeadAttention(8, 2)
 
 
 def test_heads_of_a_biased_layer_is_a_clear_error():
     with pytest.raises(ValueError, match="heads\\(\\) needs a MultiHeadAttention built with "
                                          "bias=False"):
-        MultiHeadAttention(8, 2, bias=True).heads()
+        MultiHeadAttention(8, n_heads=2, bias=True).heads()
 
 
-@pytest.mark.parametrize("args, kwargs, message", [
-    ((10, 3), {}, r"d_model=10 is not divisible by n_heads=3.*pass d_key="),
-    ((12, 6), {"n_kv_heads": 4},
+@pytest.mark.parametrize("d_model, kwargs, message", [
+    (10, {"n_heads": 3}, r"d_model=10 is not divisible by n_heads=3.*pass d_key="),
+    (12, {"n_heads": 6, "n_kv_heads": 4},
      r"n_heads=6 is not a multiple of n_kv_heads=4.*one of \[1, 2, 3, 6\]"),
-    ((0, 2), {}, r"d_model must be a positive integer; got 0"),
-    ((8, -2), {}, r"n_heads must be a positive integer; got -2"),
-    ((8, 2), {"d_key": 0}, r"d_key must be a positive integer; got 0"),
+    (0, {"n_heads": 2}, r"d_model must be a positive integer; got 0"),
+    (8, {"n_heads": -2}, r"n_heads must be a positive integer; got -2"),
+    (8, {"n_heads": 2, "d_key": 0}, r"d_key must be a positive integer; got 0"),
+    (8, {"n_heads": 2, "d_value": 1.5}, r"d_value must be a positive integer; got 1.5"),
 ])
-def test_bad_sizes_give_clear_errors(args, kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        MultiHeadAttention(*args, **kwargs)
+def test_bad_sizes_give_clear_errors(d_model, kwargs, message):
+    with pytest.raises(attnkit.AttnkitError, match=message):
+        MultiHeadAttention(d_model, **kwargs)
 
 
 def test_explicit_d_key_allows_any_head_count():
-    mha = MultiHeadAttention(10, 3, d_key=4)
+    mha = MultiHeadAttention(10, n_heads=3, d_key=4)
     assert mha(torch.randn(2, 5, 10)).shape == (2, 5, 10)
 
 
 def test_bad_inputs_give_clear_errors():
-    mha = MultiHeadAttention(8, 2)
+    mha = MultiHeadAttention(8, n_heads=2)
     with pytest.raises(ValueError, match=r"E must have shape \(seq, 8\) or \(batch, seq, 8\).*"
                                          r"got \(2, 5, 6\)"):
         mha(torch.randn(2, 5, 6))
@@ -145,7 +172,7 @@ def test_bad_inputs_give_clear_errors():
         mha(torch.randn(2, 5, 8, dtype=torch.float16))
     with pytest.raises(ValueError, match=r"MultiHeadAttention\(\.\.\., causal=False\)"):
         mha(torch.randn(2, 5, 8), context=torch.randn(2, 3, 8))
-    cross = MultiHeadAttention(8, 2, causal=False)
+    cross = MultiHeadAttention(8, n_heads=2, causal=False)
     with pytest.raises(ValueError, match="E has batch 2 but context has batch 3"):
         cross(torch.randn(2, 5, 8), context=torch.randn(3, 4, 8))
     with pytest.raises(ValueError,

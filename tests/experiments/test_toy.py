@@ -89,11 +89,13 @@ def test_explain_shows_the_notes_example(toy):
 
 
 def test_load_model_toy_and_run_and_capture():
-    from attnkit.models import load_model, model_info, run_and_capture
+    from attnkit.inspect.families import describe
+    from attnkit.inspect.running import run_and_capture
+    from attnkit.models import load_model
 
     model, tokenizer = load_model("toy")
-    info = model_info(model)
-    assert (info["n_layers"], info["n_heads"], info["causal"]) == (1, 1, True)
+    info = describe(model)
+    assert (info.n_layers, info.n_heads, info.causal) == (1, 1, True)
     cap = run_and_capture(model, tokenizer, EXAMPLE)
     assert cap.tokens == EXAMPLE.split() and cap.pattern(0, 0).shape == (8, 8)
 

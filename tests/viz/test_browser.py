@@ -16,8 +16,8 @@ import matplotlib.image
 import pytest
 import torch
 
-import attnkit
 from attnkit.explainer import explain
+from attnkit.inspect.running import run_and_capture
 from attnkit.viz.page import page_data, render_page
 from attnkit.viz.server import create_app
 
@@ -69,10 +69,6 @@ class Watched:
         shot = (self.page.locator(selector) if selector else self.page).screenshot()
         return float(matplotlib.image.imread(io.BytesIO(shot), format="png").std())
 
-
-@pytest.fixture(scope="module")
-def minilm():
-    return attnkit.load_model("minilm")
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +191,7 @@ def _run(w, text):
     w.page.click("#run")
 
 
-def test_explorer(browser, explorer, explained):
+def test_explorer(browser, explorer, explained, minilm):
     w = Watched(browser)
     w.page.goto(explorer)
     w.page.wait_for_selector("body[data-loaded='1']")
@@ -213,7 +209,7 @@ def test_explorer(browser, explorer, explained):
     assert hover.startswith("query “creature” (4) · key “fluffy” (2) · weight ")
     weight = float(hover.rsplit(" ", 1)[1])
     # layer 0 head 0 is what the explorer opens on
-    want = attnkit.models.run_and_capture(*attnkit.load_model("minilm"), TEXT).pattern(0, 0)
+    want = run_and_capture(*minilm, TEXT).pattern(0, 0)
     assert weight == pytest.approx(float(want[q, k]), abs=1e-4)
     assert w.page.inner_text("#top h2") == "query 4: creature"
     # switching head redraws

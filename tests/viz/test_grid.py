@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from attnkit.viz.grid import cell_text, grid_figure, heads_figure, hidden_cells
+from attnkit.viz.grid import grid_figure, heads_figure
+from attnkit.viz.layout import cell_text, hidden_cells
 from attnkit.viz.terminal import HIDDEN, best_keys_lines, terminal_grid
 
 TOKENS = ["fluffy", "blue", "creature"]

@@ -1,31 +1,23 @@
-"""The explorer app in-process (Starlette TestClient), and `attnkit serve` bound to 127.0.0.1."""
-
-import os
-import socket
-import subprocess
-import sys
-import time
+"""The explorer app in-process (Starlette TestClient, as a browser on 127.0.0.1 would call it):
+views equal the capture, every error is a documented 4xx, other Host names are turned away."""
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
-import attnkit
 from attnkit.inspect import patterns
+from attnkit.inspect.running import run_and_capture
 from attnkit.viz.server import MAX_TOKENS, create_app
 
 TEXT = "a fluffy blue creature roamed the verdant forest"
 
 
-@pytest.fixture(scope="module")
-def minilm():
-    return attnkit.load_model("minilm")
-
 
 @pytest.fixture(scope="module")
 def client(minilm):
     model, tokenizer = minilm
-    return TestClient(create_app("minilm", model=model, tokenizer=tokenizer))
+    return TestClient(create_app("minilm", model=model, tokenizer=tokenizer),
+                      base_url="http://127.0.0.1:8765")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +29,7 @@ def sentence(client):
 
 def test_view_matches_the_capture(client, sentence, minilm):
     model, tokenizer = minilm
-    cap = attnkit.models.run_and_capture(model, tokenizer, TEXT)
+    cap = run_and_capture(model, tokenizer, TEXT)
     view = client.get("/api/view", params={"id": sentence["id"], "layer": 3, "head": 7}).json()
     assert (view["row_block"], view["col_block"]) == (1, 1)  # short: exact weights
     got = torch.tensor(view["values"])
@@ -84,6 +76,53 @@ def test_bad_texts(client):
     assert r.status_code == 413
     assert r.json()["detail"] == ("the text is 602 tokens but this explorer takes at most 512 "
                                   "tokens with minilm; shorten it")
+    r = client.post("/api/capture", json={"text": "x" * 60_000})
+    assert r.status_code == 413 and "60,000 characters, far over the limit" in r.json()["detail"]
+    # a lone surrogate (valid JSON, not valid Unicode text): a clear 422, not a 500
+    r = client.post("/api/capture", content=b'{"text": "a \\ud800 b"}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "lone surrogate" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("path, params, message", [
+    ("/api/view", {"layer": "one", "head": 0}, "query.layer: Input should be a valid integer"),
+    ("/api/top", {"layer": 0, "head": 0}, "query.query: Field required"),
+    ("/api/view", {"layer": 0, "head": 0, "reduce": "median"}, "query.reduce: String should "
+                                                              "match pattern"),
+])
+def test_malformed_parameters_are_422_with_one_message(client, sentence, path, params, message):
+    r = client.get(path, params={"id": sentence["id"], **params})
+    assert r.status_code == 422 and message in r.json()["detail"]
+    assert client.post("/api/capture", json={"words": "x"}).json()["detail"] == \
+        "text: Field required"
+
+
+def test_other_host_names_are_turned_away(minilm):
+    """DNS rebinding: a page on evil.example whose name now points at 127.0.0.1 sends
+    Host: evil.example; the explorer answers only its own names."""
+    model, tokenizer = minilm
+    app = create_app("minilm", model=model, tokenizer=tokenizer)
+    for host in ("127.0.0.1:8765", "localhost:8765", "[::1]:8765"):
+        assert TestClient(app, base_url=f"http://{host}").get("/api/info").status_code == 200
+    evil = TestClient(app, base_url="http://evil.example:8765")
+    assert evil.get("/api/info").status_code == 400
+    assert evil.post("/api/capture", json={"text": TEXT}).status_code == 400
+    anywhere = TestClient(create_app("minilm", model=model, tokenizer=tokenizer,
+                                     allowed_hosts=["*"]), base_url="http://evil.example")
+    assert anywhere.get("/api/info").status_code == 200
+
+
+def test_openapi_documents_the_errors_really_sent(client):
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    documented = {path: sorted(int(c) for c in paths[path][verb]["responses"] if c != "200")
+                  for path, verb in (("/api/capture", "post"), ("/api/view", "get"),
+                                     ("/api/top", "get"))}
+    assert documented == {"/api/capture": [413, 422], "/api/view": [400, 404, 422],
+                          "/api/top": [400, 404, 422]}
+    problem = paths["/api/view"]["get"]["responses"]["404"]["content"]["application/json"]
+    assert problem["schema"]["$ref"].endswith("/Problem")
+    assert spec["components"]["schemas"]["Problem"]["required"] == ["detail"]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +137,8 @@ def long_client(minilm):
                         max_position_embeddings=MAX_TOKENS + 64)
     model = BertModel(config, add_pooling_layer=False).eval()
     model.set_attn_implementation("attnkit")
-    return TestClient(create_app("tiny-bert", model=model, tokenizer=minilm[1]))
+    return TestClient(create_app("tiny-bert", model=model, tokenizer=minilm[1]),
+                      base_url="http://127.0.0.1:8765")
 
 
 def test_long_input_is_explored_without_the_full_pattern(long_client, monkeypatch):
@@ -131,39 +171,3 @@ def test_long_input_is_explored_without_the_full_pattern(long_client, monkeypatc
     r = long_client.post("/api/capture", json={"text": "word " * (MAX_TOKENS - 1)})
     assert r.status_code == 413
     assert "16,385 tokens but this explorer takes at most 16,384" in r.json()["detail"]
-
-
-def test_serve_binds_to_localhost_by_default():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "attnkit", "serve", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        import psutil
-
-        deadline = time.time() + 120
-        listening = []
-        while time.time() < deadline and not listening:
-            assert proc.poll() is None, proc.stdout.read()
-            listening = [c.laddr for c in psutil.Process(proc.pid).net_connections("inet")
-                         if c.status == psutil.CONN_LISTEN]
-            time.sleep(0.5)
-        assert [(a.ip, a.port) for a in listening] == [("127.0.0.1", port)]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["serve", "--port", "70000"], "--port 70000 is not a port number; use 1..65535"),
-    (["serve", "--model", "no/such-model-here", "--port", "8799"],
-     "unknown model 'no/such-model-here'"),
-])
-def test_serve_errors(capsys, argv, message):
-    from attnkit.cli import main
-
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("attnkit serve: error: ") and message in err

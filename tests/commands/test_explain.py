@@ -43,7 +43,7 @@ def test_query_key_orientation_and_no_special(capsys):
     (["explain", TEXT, "--layer", "9", "--head", "0"],
      r"layer 9 is out of range: minilm has 6 layers (0..5)"),
     (["explain", TEXT, "--layer", "0", "--head", "-1"], "head -1 is out of range"),
-    (["explain", TEXT, "--layer", "0"], "give both layer and head"),
+    (["explain", TEXT, "--layer", "0"], "give both --layer and --head"),
     (["explain", TEXT, "--find", "adjectives", "--layer", "0", "--head", "0"],
      "give either --find or --layer/--head"),
     (["explain", "word " * 700], "the text is 702 tokens long but minilm reads at most 512"),
@@ -60,5 +60,20 @@ def test_unwritable_out_dir(capsys, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert main(["explain", TEXT, "--layer", "0", "--head", "0", "--out", str(blocker / "x")]) == 2
-    assert "cannot create the output directory" in capsys.readouterr().err
+    assert f"cannot create {blocker / 'x'}: {blocker} is a file" in capsys.readouterr().err
     assert not (blocker.parent / "x").exists()
+
+
+def test_existing_pictures_need_force(capsys, tmp_path):
+    (tmp_path / "page.html").write_text("my notes")
+    argv = ["explain", TEXT, "--layer", "0", "--head", "0", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "page.html already exists and would be replaced; add --force" in capsys.readouterr().err
+    assert (tmp_path / "page.html").read_text() == "my notes"
+    assert main([*argv, "--force"]) == 0
+    assert "fluffy" in (tmp_path / "page.html").read_text()
+
+
+def test_a_huge_text_is_refused_before_tokenizing(capsys):
+    assert main(["explain", "word " * 1_000_000]) == 2
+    assert "the text is 5,000,000 characters, far over the limit" in capsys.readouterr().err

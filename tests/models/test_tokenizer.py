@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from attnkit.experiments.adjectives import EXAMPLE, ToyTokenizer
+from attnkit.experiments.grammar import VOCAB
 
 
 def test_encodes_like_hugging_face():
-    tok = ToyTokenizer()
+    tok = ToyTokenizer(VOCAB)
     enc = tok(EXAMPLE, return_tensors="pt")
     assert set(enc) == {"input_ids", "attention_mask"}
     assert enc["input_ids"].shape == (1, 8) and enc["attention_mask"].dtype == torch.long
@@ -17,7 +18,7 @@ def test_encodes_like_hugging_face():
 
 
 def test_pads_a_batch_on_the_right():
-    tok = ToyTokenizer()
+    tok = ToyTokenizer(VOCAB)
     enc = tok(["a cat", "the tiny blue bird"], return_tensors="pt")
     assert enc["input_ids"].shape == (2, 4)
     assert enc["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
@@ -25,7 +26,7 @@ def test_pads_a_batch_on_the_right():
 
 
 def test_offsets():
-    tok = ToyTokenizer()
+    tok = ToyTokenizer(VOCAB)
     text = "a fluffy creature!"
     enc = tok(text, return_offsets_mapping=True)
     assert [text[a:b] for a, b in enc["offset_mapping"]] == ["a", "fluffy", "creature", "!"]
@@ -33,12 +34,12 @@ def test_offsets():
 
 def test_unknown_words_are_listed():
     with pytest.raises(ValueError, match=r"does not know the word\(s\) 'purple', 'unicorn'") as e:
-        ToyTokenizer()("a purple unicorn roamed the forest")
+        ToyTokenizer(VOCAB)("a purple unicorn roamed the forest")
     assert "fluffy" in str(e.value)  # and it says which words it does know
 
 
 def test_empty_text_and_bad_tensor_type():
     with pytest.raises(ValueError, match="empty"):
-        ToyTokenizer()("   ")
+        ToyTokenizer(VOCAB)("   ")
     with pytest.raises(ValueError, match="return_tensors='np' is not supported"):
-        ToyTokenizer()("a cat", return_tensors="np")
+        ToyTokenizer(VOCAB)("a cat", return_tensors="np")

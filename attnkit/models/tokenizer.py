@@ -1,8 +1,9 @@
-"""A word-level tokenizer for the toy language, called like a Hugging Face tokenizer.
+"""A word-level tokenizer for small models with a fixed vocabulary, called like a Hugging Face
+tokenizer.
 
 One token per word or punctuation mark, lower-cased; a word outside the vocabulary is an error
-that lists every unknown word (the toy model has no unknown-word token on purpose: it could only
-guess what such a word means).
+that lists every unknown word (the toy models have no unknown-word token on purpose: they could
+only guess what such a word means).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from attnkit.experiments.grammar import WORDS
+from attnkit.errors import AttnkitError
 
 PAD = "<pad>"
 _TOKEN = re.compile(r"[A-Za-z]+|[^\sA-Za-z]")
@@ -21,12 +22,13 @@ _TOKEN = re.compile(r"[A-Za-z]+|[^\sA-Za-z]")
 class ToyTokenizer:
     """``tokenizer(text, return_tensors="pt")`` → ``{"input_ids", "attention_mask"}``, ``(B, S)``.
 
-    A list of texts is padded on the right with ``<pad>`` (attention_mask 0 there).
+    ``vocab`` lists the words in id order and includes ``<pad>``. A list of texts is padded on the
+    right with ``<pad>`` (attention_mask 0 there).
     """
 
-    def __init__(self, vocab: Sequence[str] | None = None):
-        if vocab is None:
-            vocab = [PAD] + [w for group in WORDS.values() for w in group]
+    def __init__(self, vocab: Sequence[str]):
+        if PAD not in vocab:
+            raise AttnkitError(f"the vocabulary must include the padding token {PAD!r}")
         self.vocab: list[str] = list(vocab)
         self.ids: dict[str, int] = {w: i for i, w in enumerate(self.vocab)}
         self.pad_token, self.pad_token_id = PAD, self.ids[PAD]
@@ -39,17 +41,19 @@ class ToyTokenizer:
         return [(m.group().lower(), m.span()) for m in _TOKEN.finditer(text)]
 
     def tokenize(self, text: str) -> list[str]:
-        """The tokens of ``text``; raises ValueError naming every word outside the vocabulary."""
+        """The tokens of ``text``; raises ``AttnkitError`` naming every word outside the
+        vocabulary."""
         words = [w for w, _ in self.split(text)]
         unknown = sorted({w for w in words if w not in self.ids})
         if unknown:
-            raise ValueError(
+            raise AttnkitError(
                 f"the toy model does not know the word(s) {', '.join(map(repr, unknown))}; "
                 f"it knows only the {len(self.vocab) - 1} words of its grammar: "
                 + ", ".join(w for w in self.vocab if w != PAD)
             )
         if not words:
-            raise ValueError("the text is empty; give at least one word, e.g. 'a fluffy creature'")
+            raise AttnkitError("the text is empty; give at least one word, e.g. "
+                               "'a fluffy creature'")
         return words
 
     def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
@@ -69,8 +73,8 @@ class ToyTokenizer:
         ``return_offsets_mapping`` the ``(start, end)`` character span of every token.
         """
         if return_tensors not in (None, "pt"):
-            raise ValueError(f"return_tensors={return_tensors!r} is not supported; use 'pt' or "
-                             "None")
+            raise AttnkitError(f"return_tensors={return_tensors!r} is not supported; use 'pt' or "
+                               "None")
         texts = [text] if isinstance(text, str) else list(text)
         encoded = [self.convert_tokens_to_ids(self.tokenize(t)) for t in texts]
         offsets = [[span for _, span in self.split(t)] for t in texts]

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from attnkit.core.multihead import MultiHeadAttention
-from attnkit.experiments.tokenizer import ToyTokenizer
+from attnkit.errors import AttnkitError
+from attnkit.models.tokenizer import ToyTokenizer
+from attnkit.runtime import check_writable, written_together
 
 WEIGHTS = "toy_adjectives.safetensors"
 CONFIG = "toy_adjectives.json"
@@ -61,17 +63,24 @@ class ToyModel(nn.Module):
         self.name = config.model_name  # what attnkit.models.model_info reports
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.position_embedding = nn.Embedding(config.max_len, config.d_model)
-        self.attention = MultiHeadAttention(config.d_model, config.n_heads, config.d_key,
+        self.attention = MultiHeadAttention(config.d_model, n_heads=config.n_heads,
+                                            d_key=config.d_key,
                                             causal=config.causal)
         self.norm = nn.LayerNorm(config.d_model)
         self.unembed = nn.Linear(config.d_model, config.vocab_size)
+
+    @property
+    def tokenizer(self) -> ToyTokenizer:
+        """The word tokenizer of this model's vocabulary."""
+        return ToyTokenizer(self.config.vocab)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``E``, the embeddings the attention layer reads: ``(B, S)`` ids → ``(B, S, d_model)``."""
         S = input_ids.shape[-1]
         if S > self.config.max_len:
-            raise ValueError(f"the toy model reads at most {self.config.max_len} tokens; got {S}. "
-                             "Shorten the text (one sentence of the toy grammar has at most 14)")
+            raise AttnkitError(f"the toy model reads at most {self.config.max_len} tokens; got "
+                               f"{S}. Shorten the text (one sentence of the toy grammar has at "
+                               "most 14)")
         positions = torch.arange(S, device=input_ids.device)  # (S,)
         return self.token_embedding(input_ids) + self.position_embedding(positions)  # (B, S, d)
 
@@ -89,19 +98,27 @@ class ToyModel(nn.Module):
         return ToyOutput(logits=self.unembed(self.norm(E)))  # (B, S, vocab)
 
 
-def save_toy(model: ToyModel, out: str | Path) -> Path:
-    """Write ``model``'s weights to ``out`` (a ``.safetensors`` path or a directory) and its
-    config beside them as ``<name>.json``. Returns the weights path."""
-    from safetensors.torch import save_file
-
+def toy_paths(out: str | Path) -> tuple[Path, Path]:
+    """``(weights, config)`` paths for ``out``: a ``.safetensors`` path, or a directory that will
+    hold ``toy_adjectives.safetensors``; the config is the same name with ``.json``."""
     path = Path(out)
     if path.suffix != ".safetensors":
         path = path / WEIGHTS
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, path.with_suffix(".json")
+
+
+def save_toy(model: ToyModel, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``model``'s weights to ``out`` (a ``.safetensors`` path or a directory) and its
+    config beside them as ``<name>.json``, both or neither; an existing file is replaced only
+    with ``overwrite=True``. Returns the weights path."""
+    from safetensors.torch import save_file
+
+    weights, config = check_writable(toy_paths(out), overwrite=overwrite)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path))
-    path.with_suffix(".json").write_text(json.dumps(asdict(model.config), indent=1) + "\n")
-    return path
+    with written_together([weights, config]) as (weights_tmp, config_tmp):
+        save_file(state, str(weights_tmp))
+        config_tmp.write_text(json.dumps(asdict(model.config), indent=1) + "\n")
+    return weights
 
 
 def load_toy(path: str | Path | None = None) -> tuple[ToyModel, ToyTokenizer]:

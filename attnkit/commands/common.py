@@ -1,0 +1,43 @@
+"""What every command shares: argparse types whose messages say what a value must be."""
+
+from __future__ import annotations
+
+import argparse
+
+from attnkit.errors import AttnkitError
+from attnkit.runtime import check_positive_int
+
+__all__ = ["positive_int", "seed", "port"]
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit seed
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number > 0."""
+    try:
+        return check_positive_int("the value", int(text))
+    except (ValueError, AttnkitError):
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
+
+
+def seed(text: str) -> int:
+    """argparse type: a random seed, a whole number in 0 .. 2**63 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number; got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must lie in 0 .. 2**63 - 1; got {text}")
+    return value
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port, 1 .. 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number; got {text!r}") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number; use 1..65535, e.g. "
+                                         "8765")
+    return value

@@ -1,0 +1,44 @@
+"""``attnkit.find_heads``: rank every head of a model, named or loaded, by a relation, named or
+given as an object.
+
+The ranking engine is ``attnkit.inspect.heads``; the relations it knows by name are registered by
+the modules that define them (the notes' "adjectives" by ``attnkit.experiments``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+import attnkit.experiments.adjective_heads  # noqa: F401  (registers "adjectives")
+from attnkit.errors import AttnkitError, InputTypeError
+from attnkit.inspect.heads import HeadRanking, Relation, rank_heads, relation_named
+from attnkit.models import load_model
+
+__all__ = ["find_heads"]
+
+
+def find_heads(model: str | nn.Module = "minilm", relation: str | Relation = "adjectives", *,
+               tokenizer: Any = None, progress: bool = False) -> HeadRanking:
+    """Rank every head of ``model`` by ``relation``.
+
+    ``model``: "minilm", "toy", a Hugging Face id or path, or a loaded model (with its
+    ``tokenizer``; attnkit's toy models carry theirs). ``relation``: a registered name (see
+    ``attnkit.inspect.heads.RELATIONS``) or a ``Relation`` object, whose own inputs are used.
+    """
+    chosen = relation_named(relation) if isinstance(relation, str) else relation
+    if isinstance(model, str):
+        net, tokenizer = load_model(model)
+        name = model
+    elif isinstance(model, nn.Module):
+        net, name = model, None
+        if tokenizer is None:
+            tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            raise AttnkitError("a loaded model needs its tokenizer: find_heads(model, "
+                               "tokenizer=tokenizer), or pass a name such as 'minilm'")
+    else:
+        raise InputTypeError(f"model must be a name (e.g. 'minilm', 'toy') or a loaded "
+                             f"nn.Module; got {type(model).__name__}")
+    return rank_heads(net, tokenizer, chosen, model_name=name, progress=progress)
