@@ -31,6 +31,9 @@ _EXPORTS = {
     "Capture": "attnkit.inspect.capture",
     "load_model": "attnkit.models",
     "find_heads": "attnkit.detectors",
+    "attention_stats": "attnkit.inspect.stats",
+    "AttentionStats": "attnkit.inspect.stats",
+    "corpus_stats": "attnkit.corpus",
     # errors
     "AttnkitError": "attnkit.errors",
     # explain

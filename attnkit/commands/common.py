@@ -7,7 +7,7 @@ import argparse
 from attnkit.errors import AttnkitError
 from attnkit.runtime import check_positive_int
 
-__all__ = ["positive_int", "seed", "port"]
+__all__ = ["positive_int", "seed", "port", "int_list"]
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit seed
 
@@ -41,3 +41,17 @@ def port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{value} is not a port number; use 1..65535, e.g. "
                                          "8765")
     return value
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: whole numbers >= 0 separated by commas, ranges allowed: "0,2,4-6"."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            out += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be numbers like 0,2,4-6; got {text!r}") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"must be numbers >= 0 like 0,2,4-6; got {text!r}")
+    return sorted(set(out))

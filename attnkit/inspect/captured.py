@@ -173,6 +173,15 @@ class Captured:
         opts["causal"] = bool(opts["causal"])
         return q, k, lse, opts
 
+    def pattern_inputs(self, layer: int, heads: Sequence[int] | None = None, batch: int = 0
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """What ``attnkit.pattern`` needs for ``heads`` (None: every captured head) of sequence
+        ``batch``: ``(q (1, h, Sq, D), k (1, h, Sk, D), lse (1, h, Sq), options)``, ``k`` holding
+        each query head's own key head and the options (causal, window, mask, bias, scale) cut to
+        that sequence and those heads. For callers that compute many tiles of one sequence:
+        ``pattern(q, k, lse, rows=…, cols=…, **options)``."""
+        return self._inputs(layer, heads, batch)
+
     def patterns(self, layer: int, heads: Sequence[int] | None = None, batch: int = 0,
                  rows: Index | None = None, cols: Index | None = None) -> torch.Tensor:
         """Exact attention probabilities of several heads at once: ``(h, R, C)`` float32,

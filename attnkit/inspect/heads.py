@@ -95,7 +95,8 @@ Control = Callable[[Targets, int], torch.Tensor]
 class Relation(Protocol):
     """What a detector looks for. ``examples`` makes its inputs for a model and tokenizer;
     ``controls`` names hypothetical heads whose scores are reported beside the uniform
-    baseline; ``inputs`` says in words what the inputs were."""
+    baseline; ``inputs`` says in words what the inputs were. A relation may also name its
+    ``primary`` baseline (the one ``x baseline`` divides by; default: its first control)."""
 
     name: str
     description: str
@@ -274,6 +275,11 @@ def _rank(model: nn.Module, name: str, relation: Relation, examples: list[Exampl
     scores = totals[""] / items[""]
     extra = {v: totals[v] / items[v] for v in views[1:] if items[v]}
     averaged = {v: {c: s / max(items[v], 1) for c, s in base[v].items()} for v in views}
+    primary = getattr(relation, "primary", None)
+    for v in views:
+        if primary in averaged[v]:  # the primary baseline first
+            averaged[v] = {primary: averaged[v][primary],
+                           **{c: s for c, s in averaged[v].items() if c != primary}}
     return HeadRanking(
         relation=relation.name, description=relation.description, model_name=name,
         inputs=relation.inputs(), layers=layers, heads=heads, scores=scores,

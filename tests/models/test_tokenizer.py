@@ -43,3 +43,17 @@ def test_empty_text_and_bad_tensor_type():
         ToyTokenizer(VOCAB)("   ")
     with pytest.raises(ValueError, match="return_tensors='np' is not supported"):
         ToyTokenizer(VOCAB)("a cat", return_tensors="np")
+
+
+def test_truncation_keeps_the_first_tokens():
+    from attnkit.errors import AttnkitError
+    from attnkit.models.induction import VOCAB as SYLLABLE_VOCAB
+
+    tok = ToyTokenizer(SYLLABLE_VOCAB)
+    assert tok("ko ma ri tu", truncation=True, max_length=2)["input_ids"] == [
+        tok.ids["ko"], tok.ids["ma"]]
+    batch = tok(["ko ma ri", "tu"], return_tensors="pt", truncation=True, max_length=2)
+    assert batch["input_ids"].shape == (2, 2) and batch["attention_mask"].tolist() == [[1, 1],
+                                                                                       [1, 0]]
+    with pytest.raises(AttnkitError, match="truncation=True needs max_length"):
+        tok("ko", truncation=True)
