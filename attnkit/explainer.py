@@ -22,7 +22,7 @@ from attnkit.errors import AttnkitError, InputTypeError, OutOfRangeError
 from attnkit.experiments.adjective_heads import has_adjective_before_noun
 from attnkit.inspect.families import describe
 from attnkit.inspect.patterns import from_capture, pooled
-from attnkit.inspect.running import count_tokens, run_and_capture
+from attnkit.inspect.running import check_text, count_tokens, run_and_capture
 from attnkit.models import load_model
 from attnkit.runtime import check_writable, written_together
 
@@ -300,6 +300,7 @@ def explain(text: str, model: str | nn.Module = "minilm", layer: int | None = No
     """
     if not isinstance(text, str) or not text.strip():
         raise AttnkitError(f'the text is empty; give a sentence, e.g. "{DEMO_TEXT}"')
+    check_text(text)  # before loading any model: bytes that are not UTF-8, lone surrogates
     if (layer is None) != (head is None):
         raise AttnkitError("give both layer and head, or neither to let attnkit choose")
     if find not in (None, "adjectives"):

@@ -77,3 +77,16 @@ def test_existing_pictures_need_force(capsys, tmp_path):
 def test_a_huge_text_is_refused_before_tokenizing(capsys):
     assert main(["explain", "word " * 1_000_000]) == 2
     assert "the text is 5,000,000 characters, far over the limit" in capsys.readouterr().err
+
+
+def test_an_argument_that_is_not_utf8_is_a_clear_error():
+    """The shell passes bytes; Python keeps undecodable ones as surrogates. The message names
+    the bytes, not the tokenizer's internals."""
+    done = subprocess.run([sys.executable.encode(), b"-m", b"attnkit", b"explain",
+                           b"a fluffy \xff\xfe creature", b"--layer", b"0", b"--head", b"0"],
+                          capture_output=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2
+    err = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1]
+    assert err == ("attnkit explain: error: the text has bytes that are not valid UTF-8 "
+                   "(b'\\xff\\xfe' at position 9); save or pass the text as UTF-8")
