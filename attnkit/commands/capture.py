@@ -8,7 +8,9 @@ run.safetensors``, with no model loaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 
 LONG = 256  # inputs of at least this many tokens show their progress
 
@@ -59,6 +61,23 @@ def _read_text(args: argparse.Namespace) -> str:
                            "UTF-8") from None
 
 
+@contextlib.contextmanager
+def _quiet_loading(quiet: bool) -> Iterator[None]:
+    """Inside, transformers draws no loading bar when ``quiet`` (restored on the way out)."""
+    hf_logging = None
+    if quiet:
+        with contextlib.suppress(ImportError):
+            from transformers.utils import logging as hf_logging
+    was = hf_logging is not None and hf_logging.is_progress_bar_enabled()
+    if was:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def _check_selection(flag: str, values: list[int] | None, size: int, what: str) -> None:
     from attnkit.errors import AttnkitError
 
@@ -87,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
             print(message, file=sys.stderr)
 
     say(f"loading {args.model}…")
-    model, tokenizer = load_model(args.model)
+    with _quiet_loading(args.quiet):
+        model, tokenizer = load_model(args.model)
     if args.device is not None or args.dtype is not None:
         dtype = None if args.dtype is None else getattr(torch, args.dtype)
         model = model.to(device=args.device, dtype=dtype)
