@@ -297,7 +297,8 @@ def test_a_hostile_capture_file_stays_inert(watched, serve, tmp_path):
         assert name in w.page.inner_text("#open")
         assert w.page.inner_text("#about-capture").startswith('<img src=x onerror=')
         cell(w, 1, 3, n, click=True)
-        assert w.page.inner_text("#kq h2") == f"K·Q: key “{XSS[3]}” (3) answering query “{XSS[1]}” (1)"
+        heading = f"K·Q: key “{XSS[3]}” (3) answering query “{XSS[1]}” (1)"
+        assert w.page.inner_text("#kq h2") == heading
         w.page.check("#words")
         w.page.click("#heads")
         w.page.wait_for_selector("#overview[data-ready='1']")
