@@ -127,14 +127,16 @@ class Explanation:
     def html(self, orientation: str = "notes") -> str:
         """The standalone page (inline JS/CSS, no network) as a string: click a cell for its
         K·Q; an explanation by words opens with word pieces merged into words."""
-        from attnkit.viz.page import kq_data, page_data, render_page
+        from attnkit.viz.page import MAX_CELLS, kq_data, page_data, render_page
 
         source = self.pieces or self
         layers, heads = source.kept or (source.layers, source.heads)
         kq = None
-        if source.capture is not None:
+        if source.capture is not None:  # K·Q for the heads whose patterns the page holds
             chosen = (source.layer, source.head)
-            kept = [chosen] + [(lay, hd) for lay in layers for hd in heads if (lay, hd) != chosen]
+            kept = [chosen]
+            if source.patterns.numel() <= MAX_CELLS:
+                kept += [(lay, hd) for lay in layers for hd in heads if (lay, hd) != chosen]
             kq = kq_data(source.capture, kept, batch=source.batch, positions=source.positions)
         return render_page(page_data(source.patterns, source.tokens,
                                      model_name=source.model_name, layer=self.layer,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -225,8 +226,7 @@ def _build(path: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor],
     cap.format_version = int(metadata["attnkit.format_version"])
     cap.attnkit_version = metadata.get("attnkit.version", "")
     try:
-        info = header.get("model_info")
-        cap.model_info = None if info is None else ModelInfo(**info)
+        cap.model_info = _model_info(header.get("model_info"))
         rotary = header.get("rotary")
         cap.rotary = None if rotary is None else Rotary.from_dict(rotary)
         for key, entry in header["layers"].items():
@@ -255,6 +255,15 @@ def _build(path: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor],
             raise damaged("its input_ids do not match its queries")
         cap.input_ids = ids
     return cap
+
+
+def _model_info(info: Any) -> ModelInfo | None:
+    """The model's description; fields a later attnkit added are left aside, and a description
+    missing a field is dropped (it only describes; the layers are what is drawn)."""
+    names = [f.name for f in fields(ModelInfo)]
+    if not isinstance(info, dict) or any(name not in info for name in names):
+        return None
+    return ModelInfo(**{name: info[name] for name in names})
 
 
 def _record(layer: int, entry: dict[str, Any], tensors: dict[str, torch.Tensor],

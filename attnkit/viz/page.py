@@ -31,7 +31,7 @@ SCALE = 10_000
 # above this many numbers in total, the page holds only the chosen head
 MAX_CELLS = 2_000_000
 # above this many query/key numbers, the page holds the K·Q data of the chosen head only
-MAX_VECTORS = 2_000_000
+MAX_VECTORS = 1_000_000
 
 
 def static_text(name: str) -> str:

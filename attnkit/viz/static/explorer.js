@@ -292,6 +292,11 @@
         o.heads.forEach(function (head, i) {
           var a = el("a", "thumb");
           a.href = "#layer=" + layer + "&head=" + head;
+          a.addEventListener("click", function (e) {  // works even when the hash is already this
+            e.preventDefault();
+            history.replaceState(null, "", a.getAttribute("href"));
+            fromHash();
+          });
           a.dataset.layer = layer; a.dataset.head = head;
           a.title = "layer " + layer + " head " + head;
           var c = el("canvas");
@@ -322,6 +327,7 @@
     if (!m || !state.session) return;
     var layer = parseInt(m[1], 10), head = parseInt(m[2], 10);
     if (state.session.layers.indexOf(layer) < 0 || state.session.heads.indexOf(head) < 0) return;
+    if (layer === state.layer && head === state.head && state.view) return;
     state.layer = layer; state.head = head;
     $("layer").value = String(layer); $("head").value = String(head);
     headChanged();
