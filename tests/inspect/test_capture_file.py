@@ -225,3 +225,13 @@ def test_files_that_are_not_captures(tmp_path):
         attnkit.load_capture(tmp_path)
     with pytest.raises(FileNotFoundError, match="no such capture file"):
         attnkit.load_capture(tmp_path / "nope.safetensors")
+
+
+def test_a_longer_model_description_from_a_later_attnkit_still_loads(saved, tmp_path):
+    def extend(tensors, metadata):
+        header = json.loads(metadata["attnkit.capture"])
+        header["model_info"]["vocab_size"] = 30522  # a field this attnkit does not know
+        metadata["attnkit.capture"] = json.dumps(header)
+
+    back = attnkit.load_capture(_rewrite(saved, tmp_path / "more.safetensors", extend))
+    assert back.model_info == attnkit.load_capture(saved).model_info
