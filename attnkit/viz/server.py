@@ -354,7 +354,8 @@ def _page(about: dict[str, Any]) -> HTMLResponse:
     policy = (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; "
               "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'")
     body = static_text("explorer.html")
-    body = body.replace("/*STYLE*/", static_text("common.css") + static_text("explorer.css"))
-    body = body.replace("/*ABOUT*/", escape_json(about)).replace("/*SCRIPT*/", script)
+    body = body.replace("/*STYLE*/", static_text("common.css") + static_text("explorer.css"), 1)
+    # the data goes in last: a file name holding a marker must not pull anything into it
+    body = body.replace("/*SCRIPT*/", script, 1).replace("/*ABOUT*/", escape_json(about), 1)
     return HTMLResponse(body, headers={"Content-Security-Policy": policy,
                                        "X-Content-Type-Options": "nosniff"})

@@ -289,7 +289,7 @@ def test_a_hostile_capture_file_stays_inert(watched, serve, tmp_path):
     hostile._records[0] = Record(q, k, lse, {"causal": False, "scale": None}, (0, 1), 2)
     hostile._token_lists = [list(XSS)]
     path = hostile.save(tmp_path / "x.safetensors")
-    name = "<script>window.__pwned=4</script>.safetensors"
+    name = "<script>window.__pwned=4</script>/*SCRIPT*/.safetensors"  # markers stay text
     with serve(create_app(None, captures={name: attnkit.load_capture(path)})) as url:
         w = watched()
         w.page.goto(url)
