@@ -15,7 +15,7 @@ import sys
 from attnkit.errors import AttnkitError
 
 # subcommand modules, in the order `attnkit --help` lists them
-COMMANDS = ["explain", "find_heads", "serve", "params", "train_toy"]
+COMMANDS = ["explain", "capture", "find_heads", "serve", "params", "train_toy"]
 
 # file-system errors a command can expect from the user's paths: a message, not a traceback
 EXPECTED_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
