@@ -36,9 +36,11 @@ with factor 2 for forward results and 3 for gradients. The floor is the sum of:
 These floors are nothing at ordinary scores (S ~ 10) and the main term at scale 1e3 or a bias
 of 1e4, where no float32 computation is better than a few parts in 1e4; a wrong probability,
 a missing gradient term or a half-precision rounding inside the kernel is far above them.
-A case whose reference in the input dtype overflows (inf or NaN where float64 is finite) gives
-no baseline; the backend must then still be finite and match the infinities. The accuracy at
-huge lse beyond these floors is pinned by test_precision.py.
+For half-precision inputs blockwise must also equal its own float32 call on the same values,
+rounded once (to within one unit in the last place): stricter than the rule, whose
+half-precision baseline is loose. A case whose reference in the input dtype overflows (inf or
+NaN where float64 is finite) gives no baseline; the backend must then still be finite and match
+the infinities. The accuracy at huge lse beyond these floors is pinned by test_precision.py.
 
 Cases are drawn from ``random.Random(seed)`` and a seeded ``torch.Generator``: a failure prints
 the case and the one line that reruns it. The default run draws 300 cases; the marker
@@ -337,6 +339,8 @@ def check(case: Case) -> list[str]:
         judge(name, fast[name], base[name], exact[name], 2, floor[name], failures)
     for name in grads:
         judge(name, fast[name], base[name], exact[name], 3, floor[name], failures)
+    if dtype != torch.float32 and case.backend != "sdpa":
+        check_rounded_once(case, args, fast, failures)
     if fast["lse"] is not None:
         check_pattern(case, q, k, v, opts, fast["lse"], p64, lse64, scale, floor["pattern"],
                       failures)
@@ -355,6 +359,30 @@ def check(case: Case) -> list[str]:
             judge(f"{name} through merge", fast_split[name], base_split[name], exact[name], 3,
                   floor[name], failures)
     return failures
+
+
+def check_rounded_once(case: Case, args, fast: dict, failures: list) -> None:
+    """Blockwise computes half-precision inputs in float32: its results must be the float32
+    call's rounded once (within one unit in the last place: threads may add tiles in another
+    order). Stricter than the rule, whose half-precision baseline is loose."""
+    dtype = DTYPES[case.dtype]
+    if case.backend == "blockwise small tiles":
+        with small_tiles():
+            single = run_backend(case.backend, torch.float32, *args)
+    else:
+        single = run_backend(case.backend, torch.float32, *args)
+    finfo = torch.finfo(dtype)
+    for name, x in fast.items():
+        if x is None:
+            continue
+        ref = single[name].detach().double()
+        ulp = (finfo.eps if x.dtype == dtype else 4 * U) * ref.abs()
+        ulp = ulp + finfo.smallest_normal * finfo.eps  # the spacing of subnormals
+        off = (x.detach().double() - ref).abs().nan_to_num(math.inf)
+        off[torch.isinf(ref) & (x.detach().double() == ref)] = 0.0  # lse = -inf on both
+        if not (off <= ulp).all():
+            failures.append(f"{name} in {case.dtype} is not the float32 result rounded once: "
+                            f"{(off - ulp).max().item():.3g} beyond one unit")
 
 
 def check_pattern(case, q, k, v, opts, lse, exact, lse64, scale, floor, failures) -> None:
