@@ -196,7 +196,10 @@ def validate(q, k, v, *, causal=False, window=None, mask=None, bias=None, scale=
     if bias is not None and not bias.is_floating_point():
         raise InputTypeError("bias must be a floating-point tensor (added to the scores); "
                              f"got {bias.dtype}. For a True/False mask pass it as mask=")
-    scale = 1.0 / math.sqrt(d) if d > 0 and scale is None else _check_scale(scale)
+    if scale is None:
+        scale = 1.0 / math.sqrt(d) if d > 0 else 1.0  # D = 0: every score is 0 whatever the scale
+    else:
+        scale = _check_scale(scale)
     spec = MaskSpec(sq=sq, sk=sk, hq=hq, hkv=hkv, causal=bool(causal), window=window, mask=mask,
                     bias=bias)
     return spec, scale
@@ -210,9 +213,7 @@ def _check_flag(name: str, value) -> None:
 
 
 def _check_scale(scale) -> float:
-    """A Python or numpy number, or a 0-d tensor, as a finite float (None: 1.0, for D = 0)."""
-    if scale is None:
-        return 1.0  # D = 0: every score is 0 whatever the scale
+    """A Python or numpy number, or a 0-d tensor, as a finite float."""
     if isinstance(scale, torch.Tensor):
         if scale.dim() != 0 or scale.is_complex() or scale.dtype == torch.bool:
             raise InputTypeError(f"scale must be a number or a 0-d real tensor; got a "
@@ -310,13 +311,13 @@ def pattern(
     spec, scale = validate(q, k, k[..., :1], causal=causal, window=window, mask=mask, bias=bias,
                            scale=scale)
     _check_lse(lse, q)
-    rows = slice(None) if rows is None else _check_index("rows", rows, spec.sq)
-    cols = slice(None) if cols is None else _check_index("cols", cols, spec.sk)
+    rows = slice(None) if rows is None else _check_index("rows", rows, spec.sq, q.device)
+    cols = slice(None) if cols is None else _check_index("cols", cols, spec.sk, q.device)
     work = work_dtype(q.dtype)
     b, hq, _, d = q.shape
     g = spec.groups
-    q_rows = q[:, :, rows] if isinstance(rows, slice) else q.index_select(2, rows.to(q.device))
-    k_cols = k[:, :, cols] if isinstance(cols, slice) else k.index_select(2, cols.to(k.device))
+    q_rows = q[:, :, rows] if isinstance(rows, slice) else q.index_select(2, rows)
+    k_cols = k[:, :, cols] if isinstance(cols, slice) else k.index_select(2, cols)
     n_rows = q_rows.shape[2]
     # scored exactly as the blockwise kernel scored when it made lse (base 2, q scaled first,
     # bias added with alpha), so s - lse repeats the kernel's rounding instead of adding its own
@@ -358,9 +359,10 @@ def _check_lse(lse, q: torch.Tensor) -> None:
                            "move it with .to(q.device)")
 
 
-def _check_index(name: str, index, size: int) -> Index:
+def _check_index(name: str, index, size: int, device: torch.device) -> Index:
     """A slice with step 1 as ``slice(start, stop)``; any other slice, an int, or a list or
-    tensor of positions (negative ones count from the end) as a LongTensor in ``0..size-1``."""
+    tensor of positions (negative ones count from the end) as a LongTensor in ``0..size-1`` on
+    ``device``."""
     if isinstance(index, slice):
         try:
             start, stop, step = index.indices(size)
@@ -370,17 +372,22 @@ def _check_index(name: str, index, size: int) -> Index:
                                ) from None
         if step == 1:
             return slice(start, max(start, stop))
-        return torch.arange(start, stop, step)  # e.g. reversed: torch cannot slice with step < 0
+        # e.g. reversed: torch cannot slice with a step < 0, so these become positions
+        return torch.arange(start, stop, step, device=device)
     if hasattr(index, "__index__") and not isinstance(index, (bool, np.bool_, torch.Tensor)):
         index = [operator.index(index)]  # one position: a Python or numpy int
-    index = torch.as_tensor(index)
+    try:
+        index = torch.as_tensor(index)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputTypeError(f"{name} must be a slice or a 1-D list/tensor of positions; got "
+                             f"{index!r}") from None
     if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32):
         raise InputTypeError(f"{name} must be a slice or a 1-D list/tensor of positions; got "
                              f"shape {tuple(index.shape)} of {index.dtype}")
     if len(index) and (int(index.min()) < -size or int(index.max()) >= size):
         raise AttnkitError(f"{name} has positions outside 0..{size - 1}: min "
                            f"{int(index.min())}, max {int(index.max())}")
-    return index.long() % size
+    return index.to(device=device, dtype=torch.long) % size
 
 
 def _supports_everything(spec: MaskSpec, return_lse: bool, q: torch.Tensor) -> None:
