@@ -9,15 +9,20 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import numbers
+import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from attnkit.errors import AttnkitError, BackendUnsupportedError, InputTypeError
 from attnkit.kernels.blockwise import LOG2E, blockwise_attention
 from attnkit.kernels.masks import Index, MaskSpec
 from attnkit.kernels.reference import reference_attention
 from attnkit.kernels.sdpa import sdpa_attention, sdpa_unsupported
+from attnkit.runtime import work_dtype
 
 __all__ = ["attention", "pattern", "backends", "use_backend", "register_backend", "Backend"]
 
@@ -71,7 +76,8 @@ def use_backend(name: str) -> Iterator[None]:
 
 def _lookup(name: str) -> Backend:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown backend {name!r}; available backends: {', '.join(backends())}")
+        raise AttnkitError(f"unknown backend {name!r}; available backends: "
+                           f"{', '.join(backends())}")
     return _REGISTRY[name]
 
 
@@ -118,6 +124,7 @@ def attention(
         ``lse = -inf``.
     """
     spec, scale = validate(q, k, v, causal=causal, window=window, mask=mask, bias=bias, scale=scale)
+    _check_flag("return_lse", return_lse)
     chosen = _choose(backend, spec, return_lse, q)
     out, lse = chosen.kernel(q, k, v, spec, scale)
     return (out, lse) if return_lse else out
@@ -131,80 +138,121 @@ def _choose(name: str | None, spec: MaskSpec, return_lse: bool, q: torch.Tensor)
         if why is not None:
             able = [b.name for b in _REGISTRY.values()
                     if b.unsupported(spec, return_lse, q) is None]
-            raise ValueError(f"backend {name!r} does not support {why}; "
-                             f"use backend={able[0]!r} (backends that can: {', '.join(able)})")
+            raise BackendUnsupportedError(
+                f"backend {name!r} does not support {why}; "
+                f"use backend={able[0]!r} (backends that can: {', '.join(able)})")
         return chosen
     for candidate in sorted(_REGISTRY.values(), key=lambda b: -b.priority):
         if candidate.auto and candidate.unsupported(spec, return_lse, q) is None:
             return candidate
-    raise ValueError("no registered backend supports this call")  # reference supports everything
+    raise AttnkitError("no registered backend supports this call")  # reference supports everything
 
 
 def validate(q, k, v, *, causal=False, window=None, mask=None, bias=None, scale=None):
-    """Check shapes, dtypes, devices and options; return ``(MaskSpec, scale)`` or raise clearly."""
+    """Check shapes, dtypes, devices and options; return ``(MaskSpec, scale)`` or raise an
+    ``AttnkitError`` (``InputTypeError`` for a wrong type) that names the problem and the fix."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            raise InputTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (batch, heads, seq, head_dim); got shape "
-                             f"{tuple(t.shape)}. For one sequence use {name}[None, None] "
-                             "or .unsqueeze(0)")
+            raise AttnkitError(f"{name} must be 4-D (batch, heads, seq, head_dim); got shape "
+                               f"{tuple(t.shape)}. For one sequence use {name}[None, None] "
+                               "or .unsqueeze(0)")
         if not t.is_floating_point():
-            raise TypeError(f"{name} must be floating point (float32, bfloat16, float16, float64); "
-                            f"got {t.dtype}")
+            raise InputTypeError(f"{name} must be floating point (float32, bfloat16, float16, "
+                                 f"float64); got {t.dtype}")
     if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share one dtype; got q {q.dtype}, k {k.dtype}, v {v.dtype}. "
-                        f"Cast them, e.g. k.to({q.dtype})")
+        raise InputTypeError(f"q, k, v must share one dtype; got q {q.dtype}, k {k.dtype}, "
+                             f"v {v.dtype}. Cast them, e.g. k.to({q.dtype})")
     if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device; got q on {q.device}, k on {k.device}, "
-                         f"v on {v.device}. Move them with .to(device)")
+        raise AttnkitError(f"q, k, v must be on one device; got q on {q.device}, k on {k.device}, "
+                           f"v on {v.device}. Move them with .to(device)")
     (b, hq, sq, d), (bk, hkv, sk, dk), (bv, hv, sv, _) = q.shape, k.shape, v.shape
     if not (b == bk == bv):
-        raise ValueError(f"batch sizes differ: q {tuple(q.shape)}, k {tuple(k.shape)}, "
-                         f"v {tuple(v.shape)}; dim 0 must match")
+        raise AttnkitError(f"batch sizes differ: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                           f"v {tuple(v.shape)}; dim 0 must match")
     if d != dk:
-        raise ValueError(f"q and k must have the same head_dim (last dim); got q {tuple(q.shape)} "
-                         f"and k {tuple(k.shape)}")
+        raise AttnkitError(f"q and k must have the same head_dim (last dim); got "
+                           f"q {tuple(q.shape)} and k {tuple(k.shape)}")
     if (hkv, sk) != (hv, sv):
-        raise ValueError(f"k and v must have the same heads and length (dims 1 and 2); got k "
-                         f"{tuple(k.shape)} and v {tuple(v.shape)}")
-    if hkv == 0 or hq % hkv != 0:
+        raise AttnkitError(f"k and v must have the same heads and length (dims 1 and 2); got k "
+                           f"{tuple(k.shape)} and v {tuple(v.shape)}")
+    if hkv == 0:
+        raise AttnkitError(f"k and v have 0 heads (k {tuple(k.shape)}); attention needs at least "
+                           "one key/value head (dim 1)")
+    if hq % hkv != 0:
         divisors = [n for n in range(1, hq + 1) if hq % n == 0]
-        raise ValueError(f"q has {hq} heads and k/v have {hkv}; query heads must be a multiple of "
-                         "key/value heads (grouped-query attention). "
-                         f"k/v heads could be one of {divisors}")
+        raise AttnkitError(f"q has {hq} heads and k/v have {hkv}; query heads must be a multiple "
+                           "of key/value heads (grouped-query attention). "
+                           f"k/v heads could be one of {divisors}")
+    _check_flag("causal", causal)
     window = _check_window(window)
     full = (b, hq, sq, sk)
     mask = _check_broadcast("mask", mask, full, q.device)
     bias = _check_broadcast("bias", bias, full, q.device)
     if mask is not None and mask.dtype != torch.bool:
-        raise TypeError(f"mask must be boolean (True = may attend); got {mask.dtype}. "
-                        "For an additive float mask pass it as bias=")
+        raise InputTypeError(f"mask must be boolean (True = may attend); got {mask.dtype}. "
+                             "For an additive float mask pass it as bias=")
     if bias is not None and not bias.is_floating_point():
-        raise TypeError("bias must be a floating-point tensor (added to the scores); "
-                        f"got {bias.dtype}. "
-                        "For a True/False mask pass it as mask=")
+        raise InputTypeError("bias must be a floating-point tensor (added to the scores); "
+                             f"got {bias.dtype}. For a True/False mask pass it as mask=")
     if scale is None:
-        scale = 1.0 / math.sqrt(d) if d > 0 else 1.0
-    elif not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number; got {scale!r}")
+        scale = 1.0 / math.sqrt(d) if d > 0 else 1.0  # D = 0: every score is 0 whatever the scale
+    else:
+        scale = _check_scale(scale)
     spec = MaskSpec(sq=sq, sk=sk, hq=hq, hkv=hkv, causal=bool(causal), window=window, mask=mask,
                     bias=bias)
-    return spec, float(scale)
+    return spec, scale
+
+
+def _check_flag(name: str, value) -> None:
+    """``causal`` and ``return_lse`` are True or False: a string such as "no" is truthy."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputTypeError(f"{name} must be True or False; got {value!r} "
+                             f"({type(value).__name__}). Pass {name}=True or {name}=False")
+
+
+def _check_scale(scale) -> float:
+    """A Python or numpy number, or a 0-d tensor, as a finite float."""
+    if isinstance(scale, torch.Tensor):
+        if scale.dim() != 0 or scale.is_complex() or scale.dtype == torch.bool:
+            raise InputTypeError(f"scale must be a number or a 0-d real tensor; got a "
+                                 f"{scale.dtype} tensor of shape {tuple(scale.shape)}")
+        if scale.requires_grad:
+            raise InputTypeError("scale is a tensor that requires grad, but no gradient flows "
+                                 "to scale; pass scale=float(scale) (or fold a learned scale "
+                                 "into q)")
+    elif isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
+        raise InputTypeError(f"scale must be a real number, e.g. scale=0.125; got {scale!r} "
+                             f"({type(scale).__name__})")
+    value = float(scale)
+    if not math.isfinite(value):
+        raise AttnkitError(f"scale must be a finite number; got {value!r}. Leave scale=None for "
+                           "1/sqrt(head_dim)")
+    return value
 
 
 def _check_window(window):
     if window is None:
         return None
     if not isinstance(window, (tuple, list)) or len(window) != 2:
-        raise ValueError("window must be a pair (left, right) of ints >= 0 or None; "
-                         f"got {window!r}")
+        raise AttnkitError("window must be a pair (left, right) of ints >= 0 or None; "
+                           f"got {window!r}")
+    sizes = []
     for side, size in zip(("left", "right"), window):
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-            raise ValueError(f"window={tuple(window)}: the {side} size must be an int >= 0, "
-                             "or None "
-                             "for unbounded; e.g. window=(128, 0) looks 128 keys back")
-    return tuple(window)
+        if size is not None:
+            # ints of any kind (numpy's too) have __index__; floats and bools are refused
+            if isinstance(size, (bool, np.bool_)) or not hasattr(size, "__index__"):
+                raise InputTypeError(f"window={tuple(window)}: the {side} size must be an int "
+                                     f">= 0 or None for unbounded; got {type(size).__name__}. "
+                                     "e.g. window=(128, 0) looks 128 keys back")
+            size = operator.index(size)
+            if size < 0:
+                raise AttnkitError(f"window={tuple(window)}: the {side} size must be an int >= 0, "
+                                   "or None for unbounded; e.g. window=(128, 0) looks 128 keys "
+                                   "back")
+        sizes.append(size)
+    return tuple(sizes)
 
 
 def _check_broadcast(name, t, full, device):
@@ -212,16 +260,16 @@ def _check_broadcast(name, t, full, device):
     if t is None:
         return None
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
     if t.device != device:
-        raise ValueError(f"{name} is on {t.device} but q is on {device}; "
+        raise AttnkitError(f"{name} is on {t.device} but q is on {device}; "
                          "move it with .to(q.device)")
     shape = tuple(t.shape)
     if t.dim() > 4 or any(s not in (1, f) for s, f in zip(shape[::-1], full[::-1])):
         b, h, sq, sk = full
-        raise ValueError(f"{name} of shape {shape} does not broadcast to (B, Hq, Sq, Sk) = {full}; "
-                         f"use e.g. ({sq}, {sk}), ({b}, 1, {sq}, {sk}), ({b}, {h}, {sq}, {sk}) "
-                         f"or ({b}, 1, 1, {sk}) for key padding")
+        raise AttnkitError(f"{name} of shape {shape} does not broadcast to (B, Hq, Sq, Sk) = "
+                           f"{full}; use e.g. ({sq}, {sk}), ({b}, 1, {sq}, {sk}), "
+                           f"({b}, {h}, {sq}, {sk}) or ({b}, 1, 1, {sk}) for key padding")
     return t.reshape((1,) * (4 - t.dim()) + shape)
 
 
@@ -245,56 +293,101 @@ def pattern(
 
     Args:
         q ``(B, Hq, Sq, D)``, k ``(B, Hkv, Sk, D)``, lse ``(B, Hq, Sq)``.
-        rows, cols: a ``slice`` or a 1-D LongTensor of positions; None means all.
+        rows, cols: a ``slice`` (any step, negative too) or a 1-D list/LongTensor of positions;
+            None means all.
 
     Returns:
         ``(B, Hq, R, C)`` float32 (float64 for float64 inputs), ``[query, key]``; hidden keys and
         queries that see no key give 0. A full row sums to 1.
+
+    Accuracy: the probabilities are as exact as the float32 ``lse`` they are given. Its rounding
+    (half a unit in its last place) shifts every probability of a row by a relative
+    ``|lse| * 2**-24``: nothing at ordinary scores, 6e-4 at ``|lse| = 1e4`` (a huge scale or
+    bias), where a one-hot row can read 0.9994 for 1. No recomputation can undo that (scoring
+    in float64 measured worse: the lse carries the kernel's float32 score rounding, which this
+    function repeats exactly). ``attention()``'s outputs and gradients do not have this limit;
+    float64 inputs give a float64 lse.
     """
     spec, scale = validate(q, k, k[..., :1], causal=causal, window=window, mask=mask, bias=bias,
                            scale=scale)
-    if not isinstance(lse, torch.Tensor) or tuple(lse.shape) != tuple(q.shape[:3]):
-        got = tuple(lse.shape) if isinstance(lse, torch.Tensor) else type(lse).__name__
-        raise ValueError(f"lse must have shape (B, Hq, Sq) = {tuple(q.shape[:3])}; got {got}. "
-                         "Get it from attention(..., return_lse=True)")
-    rows = slice(None) if rows is None else _check_index("rows", rows, spec.sq)
-    cols = slice(None) if cols is None else _check_index("cols", cols, spec.sk)
-    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    _check_lse(lse, q)
+    rows = slice(None) if rows is None else _check_index("rows", rows, spec.sq, q.device)
+    cols = slice(None) if cols is None else _check_index("cols", cols, spec.sk, q.device)
+    work = work_dtype(q.dtype)
     b, hq, _, d = q.shape
     g = spec.groups
     q_rows = q[:, :, rows] if isinstance(rows, slice) else q.index_select(2, rows)
     k_cols = k[:, :, cols] if isinstance(cols, slice) else k.index_select(2, cols)
-    # scored exactly as the blockwise kernel scored when it made lse (base 2, q scaled first),
-    # so exp(s - lse) carries no rounding mismatch between the two
-    q5 = q_rows.to(work).view(b, spec.hkv, g, -1, d) * (scale * LOG2E)  # (B, Hkv, G, R, D)
+    n_rows = q_rows.shape[2]
+    # scored exactly as the blockwise kernel scored when it made lse (base 2, q scaled first,
+    # bias added with alpha), so s - lse repeats the kernel's rounding instead of adding its own
+    q5 = q_rows.to(work).view(b, spec.hkv, g, n_rows, d) * (scale * LOG2E)  # (B, Hkv, G, R, D)
     kt = k_cols.to(work).unsqueeze(2).transpose(-1, -2)  # (B, Hkv, 1, D, C)
     s = torch.matmul(q5, kt).permute(0, 1, 3, 2, 4)  # (B, Hkv, R, G, C), as masks.py slices
     bias_t = spec.tile_bias(rows, cols)
     if bias_t is not None:
-        s = s + bias_t.to(work) * LOG2E
-    lse_rows = (lse[:, :, rows] if isinstance(rows, slice) else lse.index_select(2, rows)).to(work)
-    lse5 = lse_rows.view(b, spec.hkv, g, -1).permute(0, 1, 3, 2).unsqueeze(-1) * LOG2E
-    lse5 = torch.where(torch.isneginf(lse5), torch.full_like(lse5, float("inf")), lse5)
-    p = torch.exp2(s - lse5)  # (B, Hkv, R, G, C)
+        s = s.add(bias_t.to(work), alpha=LOG2E)
+    # lse * log2(e) in float64, split into two work-dtype parts subtracted in turn: a rounded
+    # product would add a second rounding as large as the lse's own
+    lse_rows = lse[:, :, rows] if isinstance(rows, slice) else lse.index_select(2, rows)
+    lse2 = lse_rows.double().view(b, spec.hkv, g, n_rows).permute(0, 1, 3, 2).unsqueeze(-1)
+    lse2 = lse2 * LOG2E  # (B, Hkv, R, G, 1), base 2
+    sees_none = torch.isneginf(lse2)
+    hi = lse2.to(work)
+    lo = torch.where(sees_none, torch.zeros_like(lse2), lse2 - hi).to(work)
+    hi = hi.masked_fill(sees_none, float("inf"))  # rows that saw no key: exp2(s - inf) = 0
+    p = torch.exp2((s - hi).sub_(lo))  # (B, Hkv, R, G, C)
     visible = spec.tile_mask(rows, cols, q.device)
     if visible is not None:
         p = p.masked_fill(~visible, 0.0)
     return p.permute(0, 1, 3, 2, 4).reshape(b, hq, p.shape[2], p.shape[4])
 
 
-def _check_index(name: str, index, size: int):
+def _check_lse(lse, q: torch.Tensor) -> None:
+    if not isinstance(lse, torch.Tensor):
+        raise InputTypeError(f"lse must be a torch.Tensor of shape (B, Hq, Sq) = "
+                             f"{tuple(q.shape[:3])}; got {type(lse).__name__}. "
+                             "Get it from attention(..., return_lse=True)")
+    if tuple(lse.shape) != tuple(q.shape[:3]):
+        raise AttnkitError(f"lse must have shape (B, Hq, Sq) = {tuple(q.shape[:3])}; got "
+                           f"{tuple(lse.shape)}. Get it from attention(..., return_lse=True)")
+    if not lse.is_floating_point():
+        raise InputTypeError(f"lse must be floating point (float32 from attention(..., "
+                             f"return_lse=True)); got {lse.dtype}")
+    if lse.device != q.device:
+        raise AttnkitError(f"lse is on {lse.device} but q is on {q.device}; "
+                           "move it with .to(q.device)")
+
+
+def _check_index(name: str, index, size: int, device: torch.device) -> Index:
+    """A slice with step 1 as ``slice(start, stop)``; any other slice, an int, or a list or
+    tensor of positions (negative ones count from the end) as a LongTensor in ``0..size-1`` on
+    ``device``."""
     if isinstance(index, slice):
-        return index
-    if isinstance(index, int):
-        index = [index]
-    index = torch.as_tensor(index)
+        try:
+            start, stop, step = index.indices(size)
+        except (TypeError, ValueError) as error:  # a step of 0, or bounds that are not ints
+            raise AttnkitError(f"{name}={index!r} is not a usable slice ({error}); use e.g. "
+                               f"{name}=slice(0, {size}) or {name}=slice(None, None, -1)"
+                               ) from None
+        if step == 1:
+            return slice(start, max(start, stop))
+        # e.g. reversed: torch cannot slice with a step < 0, so these become positions
+        return torch.arange(start, stop, step, device=device)
+    if hasattr(index, "__index__") and not isinstance(index, (bool, np.bool_, torch.Tensor)):
+        index = [operator.index(index)]  # one position: a Python or numpy int
+    try:
+        index = torch.as_tensor(index)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputTypeError(f"{name} must be a slice or a 1-D list/tensor of positions; got "
+                             f"{index!r}") from None
     if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"{name} must be a slice or a 1-D list/tensor of positions; got shape "
-                         f"{tuple(index.shape)} of {index.dtype}")
+        raise InputTypeError(f"{name} must be a slice or a 1-D list/tensor of positions; got "
+                             f"shape {tuple(index.shape)} of {index.dtype}")
     if len(index) and (int(index.min()) < -size or int(index.max()) >= size):
-        raise ValueError(f"{name} has positions outside 0..{size - 1}: min {int(index.min())}, "
-                         f"max {int(index.max())}")
-    return index.long() % size
+        raise AttnkitError(f"{name} has positions outside 0..{size - 1}: min "
+                           f"{int(index.min())}, max {int(index.max())}")
+    return index.to(device=device, dtype=torch.long) % size
 
 
 def _supports_everything(spec: MaskSpec, return_lse: bool, q: torch.Tensor) -> None:

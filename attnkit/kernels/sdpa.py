@@ -40,8 +40,10 @@ def sdpa_attention(
         q, k, v, attn_mask=attn_mask, is_causal=spec.causal, scale=scale,
         enable_gqa=spec.hq != spec.hkv,
     )
-    if spec.mask is not None:
-        # SDPA leaves NaN in rows that can see no key; attnkit promises zeros there
-        sees_any = spec.mask.any(dim=-1, keepdim=True)  # (B|1, Hq|1, Sq|1, 1)
+    if attn_mask is not None:
+        # depending on torch's version and kernel, SDPA may leave NaN in rows that see no key
+        # (all masked, or biased by -inf everywhere); attnkit promises zeros there
+        seen = attn_mask if attn_mask.dtype == torch.bool else attn_mask != float("-inf")
+        sees_any = seen.any(dim=-1, keepdim=True)  # (B|1, Hq|1, Sq|1, 1)
         out = torch.where(sees_any, out, torch.zeros((), dtype=out.dtype, device=out.device))
     return out, None
