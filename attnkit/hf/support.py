@@ -74,10 +74,18 @@ def _names(code: types.CodeType) -> set[str]:
     return names
 
 
+def _library_class(klass: type) -> bool:
+    """torch's classes and transformers' shared ones (``PreTrainedModel``, ``GenerationMixin``,
+    ...): their code is no model's own (``PreTrainedModel`` itself names the registry)."""
+    where = klass.__module__
+    return (klass is object or where.startswith("torch.")
+            or (where.startswith("transformers.") and not where.startswith("transformers.models.")))
+
+
 def _own_functions(cls: type) -> Iterator[types.FunctionType]:
-    """The functions of ``cls`` and its bases, up to torch's own classes."""
+    """The functions a model's own code defines for ``cls`` and its bases."""
     for klass in cls.__mro__:
-        if klass.__module__.startswith("torch.") or klass is object:
+        if _library_class(klass):
             continue
         for value in vars(klass).values():
             fn = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
@@ -138,7 +146,7 @@ class ModuleCode:
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def module_code(cls: type) -> ModuleCode:
     """Read ``cls``'s code once (classes do not change)."""
     dispatches = computes = False
@@ -202,11 +210,11 @@ def _classes_used(cls: type) -> list[type]:
                 values = (value.values() if isinstance(value, dict)
                           else value if isinstance(value, (list, tuple)) else (value,))
                 todo.extend(v for v in values if isinstance(v, type) and issubclass(v, nn.Module)
-                            and not v.__module__.startswith("torch."))
+                            and not _library_class(v))
     return list(seen)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _class_problem(cls: type) -> str | None:
     for klass in _classes_used(cls):
         problem = module_code(klass).problem
