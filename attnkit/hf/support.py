@@ -94,16 +94,23 @@ def _own_functions(cls: type) -> Iterator[types.FunctionType]:
                 yield inspect.unwrap(fn)
 
 
-def _code_only(source: str) -> str:
-    """``source`` without comments and strings (docstrings), so a word there is not code."""
-    kept = []
+def _code_lines(source: str) -> list[str]:
+    """``source``'s lines with comments and strings (docstrings too) blanked out, so a word
+    there is not taken for code; columns keep their places."""
+    lines = [list(line) for line in source.splitlines()]
     try:
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
             if tok.type not in (tokenize.COMMENT, tokenize.STRING):
-                kept.append(tok.string)
+                continue
+            (r0, c0), (r1, c1) = tok.start, tok.end
+            for row in range(r0, r1 + 1):
+                line = lines[row - 1]
+                start = c0 if row == r0 else 0
+                stop = c1 if row == r1 else len(line)
+                line[start:stop] = " " * (stop - start)
     except (tokenize.TokenError, IndentationError):
-        return source
-    return " ".join(kept)
+        pass
+    return ["".join(line) for line in lines]
 
 
 @dataclass(frozen=True)
@@ -161,13 +168,12 @@ def module_code(cls: type) -> ModuleCode:
     mask_use = None
     for fn in dispatching:
         try:
-            source = _code_only(inspect.getsource(fn))
+            source = inspect.getsource(fn)
         except (OSError, TypeError):
             continue
-        found = _MASK_AS_TENSOR.search(source)
-        if found:
-            mask_use = found.group(0).strip()
-            break
+        for line, code in zip(source.splitlines(), _code_lines(source), strict=True):
+            if _MASK_AS_TENSOR.search(code):
+                mask_use = mask_use or line.strip()
     module = sys.modules.get(cls.__module__)
     hook_masks = module is not None and any(
         getattr(mu, n, None) is vars(module).get(n, object()) for n in _HOOK_BUILDERS)
