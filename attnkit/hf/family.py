@@ -16,9 +16,15 @@ __all__ = ["HuggingFaceFamily", "attention_layer_names", "use_attnkit", "is_attn
 def use_attnkit(model: PreTrainedModel) -> PreTrainedModel:
     """Switch ``model`` (and its sub-models) to ``"attnkit"`` attention in place; returns it.
     Raises ``UnsupportedModelError`` (naming the reason and the fix) for a model attnkit cannot
-    run, before anything changes."""
+    run, before anything changes, and when transformers declined to switch it (it decides from
+    the model's source whether one can: e.g. for ModernBERT, transformers 5.4 only warns)."""
     check_supported(model)
     model.set_attn_implementation(NAME)
+    if not is_attnkit(model):
+        raise UnsupportedModelError(
+            f"transformers did not switch {type(model).__name__} to {NAME!r} (it cannot set this "
+            "model's attention implementation after loading); load it with "
+            f"from_pretrained(..., attn_implementation={NAME!r}) instead")
     return model
 
 

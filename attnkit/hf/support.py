@@ -193,7 +193,14 @@ _HOOK_BUILDERS = _hook_mask_builders()
 
 # ---- the checks ------------------------------------------------------------------------------
 
+_NO_DISPATCH = ("does not compute attention through transformers' AttentionInterface (no module "
+                "looks up ALL_ATTENTION_FUNCTIONS), so attnkit cannot take it over nor capture "
+                "its patterns")
+
+
 def _refuse(model_name: str, why: str) -> UnsupportedModelError:
+    if why is _NO_DISPATCH:
+        return UnsupportedModelError(f"{model_name} {why}. {_FIX}")
     return UnsupportedModelError(f"{model_name} cannot run on attnkit: {why}. {_FIX}")
 
 
@@ -222,10 +229,13 @@ def _classes_used(cls: type) -> list[type]:
 
 @functools.cache
 def _class_problem(cls: type) -> str | None:
-    for klass in _classes_used(cls):
-        problem = module_code(klass).problem
-        if problem is not None:
-            return problem
+    codes = [module_code(klass) for klass in _classes_used(cls)]
+    for code in codes:
+        if code.problem is not None:
+            return code.problem
+    if (any(c.is_attention and c.computes for c in codes)
+            and not any(c.dispatches for c in codes)):
+        return _NO_DISPATCH
     return None
 
 
@@ -256,10 +266,7 @@ def check_supported(model: nn.Module) -> None:
         if code.problem is not None:
             raise _refuse(name, code.problem)
     if not any(c.dispatches for c in codes):
-        raise UnsupportedModelError(
-            f"{name} does not compute attention through transformers' AttentionInterface (no "
-            "module looks up ALL_ATTENTION_FUNCTIONS), so attnkit cannot take it over nor capture "
-            f"its patterns. {_FIX}")
+        raise _refuse(name, _NO_DISPATCH)
 
 
 # ---- the hook into transformers ----------------------------------------------------------------

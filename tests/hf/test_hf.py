@@ -218,3 +218,20 @@ def test_attention_function_refuses_what_it_cannot_do_exactly():
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True,
                                                                 enable_gqa=True)
     assert (out - expected.transpose(1, 2)).abs().max() <= 1e-6
+
+
+def test_config_output_attentions_is_refused_by_transformers_the_call_argument_works(tmp_path):
+    """What README says: transformers itself refuses ``config.output_attentions = True`` (and
+    ``from_pretrained(..., output_attentions=True)``) for every implementation but eager, ours
+    included; ``output_attentions=True`` in the call gives eager's weights."""
+    tiny("llama").save_pretrained(tmp_path)
+    with pytest.raises(Exception, match="output_attentions.*not supported.*attnkit.*'eager'"):
+        transformers.AutoModel.from_pretrained(tmp_path, attn_implementation="attnkit",
+                                               output_attentions=True)
+    model = transformers.AutoModel.from_pretrained(tmp_path, attn_implementation="attnkit")
+    with pytest.raises(ValueError, match="output_attentions.*not supported.*attnkit.*'eager'"):
+        model.config.output_attentions = True
+    ids = batch(n=1)[0]
+    ours = run(model, "attnkit", input_ids=ids, output_attentions=True).attentions
+    eager = run(model, "eager", input_ids=ids, output_attentions=True).attentions
+    assert len(ours) == 2 and all((a - e).abs().max() <= 1e-6 for a, e in zip(ours, eager))

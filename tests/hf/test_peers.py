@@ -1,7 +1,8 @@
 """Eager against "attnkit" on 15 architectures built from tiny configs, in the spirit of
 transformers' own eager-vs-SDPA tests: outputs in float32 and bfloat16 with left and right
 padding, ``output_attentions`` weights and the gradients of a loss on them, greedy generation.
-Bloom and Falcon are refused when built.
+Bloom and Falcon are refused when built (and T5 before transformers 5.15, whose T5 computes
+attention in its own code).
 
 The oracle rule (DESIGN.md), at model scale: the truth is the same model (same weights) in
 float64 on attnkit's reference backend, the float64 oracle (eager in float64 is no truth: it
@@ -37,12 +38,15 @@ REFUSED = [name for name, s in SETUPS.items() if s.refused]
 
 
 @functools.cache
-def _model(name: str):
-    return SETUPS[name].model("eager")
+def _models(name: str) -> dict[str, torch.nn.Module]:
+    """The model built for "eager" and for "attnkit", same weights (built, not switched:
+    transformers cannot switch every model after loading)."""
+    return {impl: SETUPS[name].model(impl) for impl in ("eager", "attnkit")}
 
 
-def run(model, implementation: str, batch: dict, **options):
-    model.set_attn_implementation(implementation)
+def run(models: dict, implementation: str, batch: dict, **options):
+    model = models[implementation]
+    assert model.config._attn_implementation == implementation
     return model(**batch, **options)
 
 
@@ -68,12 +72,12 @@ def within_oracle(ours, eager, truth, factor: float) -> None:
     assert err_ours <= factor * err_eager + 1e-6 * scale, (float(err_ours), float(err_eager))
 
 
-def truth_of(model, batch: dict, fn=None):
-    """``fn(model, batch)`` (default: a forward pass) on the float64 oracle: the model in float64
-    running attnkit's reference backend. Leaves the model in float64."""
-    model.double()
+def truth_of(models: dict, batch: dict, fn):
+    """``fn(models, batch)`` on the float64 oracle: the "attnkit" model in float64 running
+    attnkit's reference backend. Leaves that model in float64."""
+    models["attnkit"].double()
     with attnkit.use_backend("reference"):
-        return fn(model, cast(batch, torch.float64))
+        return fn(models, cast(batch, torch.float64))
 
 
 def real_rows(batch: dict) -> torch.Tensor:
@@ -86,13 +90,14 @@ def real_rows(batch: dict) -> torch.Tensor:
 @pytest.mark.parametrize("name", SUPPORTED)
 def test_outputs_equal_eager_within_the_oracle_rule(name, dtype, side):
     setup = SETUPS[name]
-    model = copy.deepcopy(_model(name)).to(dtype)  # the float64 truth: these rounded weights
+    # copies in the dtype: the float64 truth is made from these rounded weights
+    models = {impl: copy.deepcopy(m).to(dtype) for impl, m in _models(name).items()}
     batch = cast(inputs(setup, side), dtype)
     real = real_rows(batch)
     with torch.no_grad():
-        eager = main_output(run(model, "eager", batch))[real]
-        ours = main_output(run(model, "attnkit", batch))[real]
-        truth = main_output(truth_of(model, batch, lambda m, b: run(m, "attnkit", b)))[real]
+        eager = main_output(run(models, "eager", batch))[real]
+        ours = main_output(run(models, "attnkit", batch))[real]
+        truth = main_output(truth_of(models, batch, lambda m, b: run(m, "attnkit", b)))[real]
     assert ours.dtype == dtype
     within_oracle(ours, eager, truth, factor=2)
 
@@ -111,10 +116,11 @@ def _weights(out, setup, batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
             + [(w, dec) for w in out.cross_attentions])
 
 
-def _weights_and_grads(model, implementation, setup, batch, probes):
+def _weights_and_grads(models, implementation, setup, batch, probes):
     """The weights of real query rows, and the gradients of ``sum(weights * probe)`` with respect
     to every parameter (attention × gradient attribution takes exactly such gradients)."""
-    out = run(model, implementation, batch, output_attentions=True)
+    model = models[implementation]
+    out = run(models, implementation, batch, output_attentions=True)
     pairs = _weights(out, setup, batch)
     loss = sum((w * probe * rows[:, None, :, None]).sum()
                for (w, rows), probe in zip(pairs, probes, strict=True))
@@ -130,20 +136,20 @@ def _weights_and_grads(model, implementation, setup, batch, probes):
 @pytest.mark.parametrize("name", SUPPORTED)
 def test_output_attentions_and_their_gradients_equal_eager(name, side):
     setup = SETUPS[name]
-    model = _model(name)
+    models = _models(name)
     batch = inputs(setup, side)
     with torch.no_grad():
-        shapes = [w.shape for w, _ in _weights(run(model, "eager", batch, output_attentions=True),
+        shapes = [w.shape for w, _ in _weights(run(models, "eager", batch, output_attentions=True),
                                                setup, batch)]
     g = torch.Generator().manual_seed(4)
     probes = [torch.randn(shape, generator=g) for shape in shapes]
     try:
-        eager_w, eager_g = _weights_and_grads(model, "eager", setup, batch, probes)
-        ours_w, ours_g = _weights_and_grads(model, "attnkit", setup, batch, probes)
-        truth_w, truth_g = truth_of(model, batch, lambda m, b: _weights_and_grads(
+        eager_w, eager_g = _weights_and_grads(models, "eager", setup, batch, probes)
+        ours_w, ours_g = _weights_and_grads(models, "attnkit", setup, batch, probes)
+        truth_w, truth_g = truth_of(models, batch, lambda m, b: _weights_and_grads(
             m, "attnkit", setup, b, [p.double() for p in probes]))
     finally:
-        model.float()
+        models["attnkit"].float()
     assert ours_g.abs().max() > 0  # the weights do carry gradients
     within_oracle(ours_w, eager_w, truth_w, factor=2)
     within_oracle(ours_g, eager_g, truth_g, factor=3)
@@ -155,19 +161,16 @@ GENERATING = [n for n in SUPPORTED if SETUPS[n].kind != "encoder"]
 @pytest.mark.parametrize("name", GENERATING)
 def test_greedy_generation_gives_eager_tokens(name):
     setup = SETUPS[name]
-    model = _model(name)
     batch = inputs(setup, "left")
     if setup.kind != "decoder":  # the decoder starts from its start token
         batch = {k: v for k, v in batch.items() if not k.startswith("decoder_")}
     settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=1, eos_token_id=None)
-    generate = model.generate
-    if setup.kind == "speech":  # Whisper's own generate wants language tables; the plain one
-        generate = functools.partial(GenerationMixin.generate, model)  # does not
     tokens = {}
-    for implementation in ("eager", "attnkit"):
-        model.set_attn_implementation(implementation)
+    for implementation, model in _models(name).items():
+        # Whisper's own generate wants language tables; the plain one does not
+        generate = GenerationMixin.generate if setup.kind == "speech" else type(model).generate
         with torch.no_grad():
-            tokens[implementation] = generate(**batch, **settings)
+            tokens[implementation] = generate(model, **batch, **settings)
     assert tokens["attnkit"].shape[1] >= 6
     assert torch.equal(tokens["attnkit"], tokens["eager"])
 
@@ -175,9 +178,10 @@ def test_greedy_generation_gives_eager_tokens(name):
 @pytest.mark.parametrize("name", REFUSED)
 def test_refused_architectures_are_refused_when_built(name):
     setup = SETUPS[name]
+    why = (r"does not compute attention through transformers' AttentionInterface" if name == "t5"
+           else r"cannot run on attnkit: its \w+Attention computes attention itself")
     with pytest.raises(UnsupportedModelError,
-                       match=rf"{setup.cls.__name__} cannot run on attnkit: its \w+Attention "
-                             r"computes attention itself.*attn_implementation='eager'"):
+                       match=rf"^{setup.cls.__name__} {why}.*attn_implementation='eager'"):
         setup.model("attnkit")
     eager = setup.model("eager")  # eager still builds and runs
     batch = inputs(setup, "left")

@@ -23,17 +23,37 @@ FIX = r"attn_implementation='eager'.*output_attentions=True"
 @pytest.mark.parametrize("name", ["t5", "bart", "whisper", "stablelm"])
 def test_models_that_dispatch_every_layer_are_accepted(name):
     setup = setups()[name]
+    if setup.refused:  # T5 before transformers 5.15: its attention is its own code
+        with pytest.raises(UnsupportedModelError, match=r"^T5ForConditionalGeneration does not "
+                                                        r"compute attention through transformers'"
+                                                        rf" AttentionInterface.*{FIX}"):
+            check_supported(setup.model("eager"))
+        return
     model = setup.model("eager")
     check_supported(model)
     assert use_attnkit(model) is model and is_attnkit(model)
-    assert attnkit.hf.HuggingFaceFamily().modules(model)  # every attention layer is seen
+    layers = 2 if setup.kind == "decoder" else 6  # encoder-decoder: 2 + 2 + 2 cross
+    assert len(attnkit.hf.HuggingFaceFamily().modules(model)) == layers
 
 
 def test_supports_attention_backend_is_not_what_decides():
-    """transformers' own flag says neither: T5 leaves it False and runs; DeepSeek-V3.2 sets it
-    and cannot (below)."""
-    assert not transformers.T5ForConditionalGeneration._supports_attention_backend
-    check_supported(setups()["t5"].model("eager"))
+    """transformers' own flag says neither: BART leaves it False and runs; DeepSeek-V3.2 sets
+    it and cannot (below)."""
+    assert not transformers.BartForConditionalGeneration._supports_attention_backend
+    check_supported(setups()["bart"].model("eager"))
+
+
+def test_use_attnkit_says_so_when_transformers_does_not_switch(monkeypatch):
+    """transformers decides from a model's source whether it may switch it after loading, and
+    only warns when not (ModernBERT in transformers 5.4): use_attnkit does not stay silent."""
+    model = setups()["llama"].model("eager")
+    monkeypatch.setattr(type(model), "_can_set_attn_implementation", classmethod(lambda c: False))
+    with pytest.raises(UnsupportedModelError, match=r"^transformers did not switch "
+                                                    r"LlamaForCausalLM to 'attnkit'.*"
+                                                    r"from_pretrained\(\.\.\., attn_implementat"
+                                                    r"ion='attnkit'\) instead"):
+        use_attnkit(model)
+    assert not is_attnkit(model)
 
 
 @pytest.mark.parametrize("name, attention", [("bloom", "BloomAttention"),

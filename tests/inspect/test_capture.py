@@ -337,6 +337,8 @@ def test_encoder_decoder_layers_are_numbered_encoder_first_then_self_and_cross(n
     from tests.hf.models import inputs, setups
 
     setup = setups()[name]
+    if setup.refused:
+        pytest.skip("T5 computes attention in its own code before transformers 5.15")
     model = setup.model("attnkit")
     names = attnkit.hf.attention_layer_names(model)
     assert list(names) == list(range(6))
