@@ -29,6 +29,9 @@ _EXPORTS = {
     # real models and inspection
     "capture": "attnkit.inspect.capture",
     "Capture": "attnkit.inspect.capture",
+    "load_capture": "attnkit.inspect.capture_file",
+    "CaptureFile": "attnkit.inspect.capture_file",
+    "Why": "attnkit.inspect.why",
     "load_model": "attnkit.models",
     "find_heads": "attnkit.detectors",
     "attention_stats": "attnkit.inspect.stats",

@@ -15,7 +15,8 @@ import sys
 from attnkit.errors import AttnkitError
 
 # subcommand modules, in the order `attnkit --help` lists them
-COMMANDS = ["explain", "find_heads", "stats", "serve", "params", "train_toy", "train_induction"]
+COMMANDS = ["explain", "capture", "find_heads", "stats", "serve", "params", "train_toy",
+            "train_induction"]
 
 # file-system errors a command can expect from the user's paths: a message, not a traceback
 EXPECTED_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,11 @@ from attnkit.errors import AttnkitError, InputTypeError, OutOfRangeError
 from attnkit.experiments.adjective_heads import has_adjective_before_noun
 from attnkit.inspect.families import describe
 from attnkit.inspect.patterns import from_capture, pooled
-from attnkit.inspect.running import count_tokens, run_and_capture
+from attnkit.inspect.running import check_text, count_tokens, run_and_capture
 from attnkit.models import load_model
 from attnkit.runtime import check_writable, written_together
 
-__all__ = ["explain", "Explanation", "show"]
+__all__ = ["explain", "explain_capture", "Explanation", "show"]
 
 DEMO_TEXT = "a fluffy blue creature roamed the verdant forest"
 EVERY_HEAD_UP_TO = 512  # longer inputs keep the chosen head exact and pool the others
@@ -48,6 +48,9 @@ class Explanation:
         sheet: for long inputs, ``(L, H, s, s)`` max-pooled views of every head (blocks of
             ``sheet_block`` tokens) for the contact sheet; None when ``patterns`` has every head.
         choice: how the head was chosen, in words.
+        capture: the capture it was drawn from (the page shows any cell's K·Q from it);
+            ``positions`` the capture position of each token shown (None: all, in order).
+        pieces: for an explanation by words (``words()``), the one by word pieces it pools.
     """
 
     tokens: list[str]
@@ -64,6 +67,10 @@ class Explanation:
     kept: tuple[list[int], list[int]] | None = None
     sheet: torch.Tensor | None = None
     sheet_block: int = 1
+    capture: Any = field(default=None, repr=False)
+    batch: int = 0
+    positions: list[int] | None = None
+    pieces: Explanation | None = field(default=None, repr=False)
 
     @property
     def pattern(self) -> torch.Tensor:
@@ -86,7 +93,8 @@ class Explanation:
         from attnkit.viz.terminal import best_keys_lines, terminal_grid
 
         lines = [f"model {self.model_name}   layer {self.layer}   head {self.head}   "
-                 f"({len(self.tokens)} tokens{', causal' if self.causal else ''})"]
+                 f"({len(self.tokens)} {'words' if self.pieces is not None else 'tokens'}"
+                 f"{', causal' if self.causal else ''})"]
         if self.choice:
             lines.append(f"head chosen: {self.choice}")
         lines += self.notes
@@ -117,14 +125,45 @@ class Explanation:
                             layers=self.layers, heads=self.heads, chosen=(self.layer, self.head))
 
     def html(self, orientation: str = "notes") -> str:
-        """The standalone page (inline JS/CSS, no network) as a string."""
-        from attnkit.viz.page import page_data, render_page
+        """The standalone page (inline JS/CSS, no network) as a string: click a cell for its
+        K·Q; an explanation by words opens with word pieces merged into words."""
+        from attnkit.viz.page import MAX_CELLS, kq_data, page_data, render_page
 
-        layers, heads = self.kept or (self.layers, self.heads)
-        return render_page(page_data(self.patterns, self.tokens, model_name=self.model_name,
-                                     layer=self.layer, head=self.head, causal=self.causal,
+        source = self.pieces or self
+        layers, heads = source.kept or (source.layers, source.heads)
+        kq = None
+        if source.capture is not None:  # K·Q for the heads whose patterns the page holds
+            chosen = (source.layer, source.head)
+            kept = [chosen]
+            if source.patterns.numel() <= MAX_CELLS:
+                kept += [(lay, hd) for lay in layers for hd in heads if (lay, hd) != chosen]
+            kq = kq_data(source.capture, kept, batch=source.batch, positions=source.positions)
+        return render_page(page_data(source.patterns, source.tokens,
+                                     model_name=source.model_name, layer=self.layer,
+                                     head=self.head, causal=source.causal,
                                      orientation=orientation, layers=layers, heads=heads,
-                                     n_layers=max(self.layers) + 1, n_heads=max(self.heads) + 1))
+                                     n_layers=max(source.layers) + 1,
+                                     n_heads=max(source.heads) + 1, kq=kq,
+                                     words=self.pieces is not None))
+
+    def words(self) -> Explanation:
+        """The same explanation with word pieces merged into words: a query word's row is the mean
+        of its pieces' rows (it still sums to 1), a key word's weight the sum of its pieces'
+        weights. Words are read from the tokens (``attnkit.viz.views.word_spans``: WordPiece
+        ``##`` pieces continue a word, BPE/SentencePiece pieces starting with a space mark begin
+        one); the page it writes still holds the pieces, with words switched on."""
+        from attnkit.viz.views import pool_words, word_spans, word_tokens
+
+        if self.pieces is not None:
+            return self
+        spans = word_spans(self.tokens)
+        merged = replace(self, tokens=word_tokens(self.tokens, spans),
+                         patterns=pool_words(self.patterns, spans), sheet=self.sheet,
+                         notes=[*self.notes, f"{len(self.tokens)} word pieces merged into "
+                                f"{len(spans)} words: a query word's row is the mean of its "
+                                "pieces' rows, a key word's weight the sum of its pieces'"],
+                         pieces=self, positions=None)
+        return merged
 
     def _repr_html_(self) -> str:
         from attnkit.viz.page import iframe
@@ -180,6 +219,11 @@ class Explanation:
             raise AttnkitError("the capture has recorded nothing: run the model inside "
                                "`with attnkit.capture(model) as cap:` first")
         n = cap.seq_len(batch)
+        if n > MAX_EXPLAIN:
+            raise AttnkitError(f"the capture holds {n:,} tokens; explain draws every cell and "
+                               f"stops at {MAX_EXPLAIN:,} tokens. Explore it in the explorer "
+                               "(`attnkit serve --open FILE` for a capture file), which pools "
+                               "long patterns")
         if tokens is None:
             tokens = (cap.tokens_of(batch) or [str(i) for i in range(n)])[:n]
         tokens = list(tokens)
@@ -196,12 +240,13 @@ class Explanation:
                                                     file=sys.stderr, disable=n < 256,
                                                     leave=False)])  # (L, H, S, S) [query, key]
             return cls(tokens, patterns.float(), layer, head, model_name, causal, layers, heads,
-                       choice=choice)
+                       choice=choice, capture=cap, batch=batch)
         # long: the chosen head exactly, every head as a pooled view for the contact sheet
         chosen = cap.pattern(layer, head, batch=batch, rows=span, cols=span)  # (S, S)
         sheet, block = _pooled_sheet(cap, layers, heads, n, batch)
         return cls(tokens, chosen.float()[None, None], layer, head, model_name, causal, layers,
-                   heads, choice=choice, kept=([layer], [head]), sheet=sheet, sheet_block=block)
+                   heads, choice=choice, kept=([layer], [head]), sheet=sheet, sheet_block=block,
+                   capture=cap, batch=batch)
 
 
 def _pooled_sheet(cap: Any, layers: list[int], heads: list[int], n: int,
@@ -272,6 +317,7 @@ def _drop_special(exp: Explanation, special: set[str]) -> Explanation:
     p = torch.where(total > 0, p / total.clamp_min(1e-30), p)
     exp.patterns = p
     exp.tokens = [exp.tokens[i] for i in keep]
+    exp.positions = keep
     exp.notes.append(f"special tokens {', '.join(dropped)} left out; each query's weights "
                      "renormalized over the tokens shown")
     return exp
@@ -279,7 +325,8 @@ def _drop_special(exp: Explanation, special: set[str]) -> Explanation:
 
 def explain(text: str, model: str | nn.Module = "minilm", layer: int | None = None,
             head: int | None = None, *, tokenizer: Any = None, find: str | None = None,
-            special_tokens: bool = True, model_name: str | None = None) -> Explanation:
+            special_tokens: bool = True, model_name: str | None = None,
+            words: bool = False) -> Explanation:
     """Run ``model`` on ``text`` and explain one head's attention.
 
     Args:
@@ -293,6 +340,7 @@ def explain(text: str, model: str | nn.Module = "minilm", layer: int | None = No
         special_tokens: keep the tokenizer's ``[CLS]``/``[SEP]`` (True: the model's real weights,
             which often go to ``[SEP]``); False leaves them out and renormalizes each query's
             weights over the words shown.
+        words: merge word pieces into words (``Explanation.words``).
 
     Returns:
         an ``Explanation``: ``.tokens``, ``.pattern`` ``(S, S)`` ``[query, key]``, ``.layer``,
@@ -300,6 +348,7 @@ def explain(text: str, model: str | nn.Module = "minilm", layer: int | None = No
     """
     if not isinstance(text, str) or not text.strip():
         raise AttnkitError(f'the text is empty; give a sentence, e.g. "{DEMO_TEXT}"')
+    check_text(text)  # before loading any model: bytes that are not UTF-8, lone surrogates
     if (layer is None) != (head is None):
         raise AttnkitError("give both layer and head, or neither to let attnkit choose")
     if find not in (None, "adjectives"):
@@ -342,7 +391,39 @@ def explain(text: str, model: str | nn.Module = "minilm", layer: int | None = No
     if not special_tokens:
         special = set(getattr(tokenizer, "all_special_tokens", []) or [])
         exp = _drop_special(exp, special)
-    return exp
+    return exp.words() if words else exp
+
+
+def explain_capture(capture: Any, layer: int | None = None, head: int | None = None, *,
+                    special_tokens: bool = True, words: bool = False,
+                    model_name: str | None = None) -> Explanation:
+    """Explain a capture — a live one, a ``CaptureFile``, or the path of a capture file — with
+    no model: ``layer``/``head`` both or neither (neither: the first captured layer and head);
+    ``special_tokens=False`` leaves out tokens that look like ``[CLS]``/``<s>``; ``words``
+    merges word pieces into words."""
+    from attnkit.inspect.capture_file import load_capture
+    from attnkit.inspect.captured import Captured
+    from attnkit.viz.views import SPECIAL
+
+    if isinstance(capture, (str, os.PathLike)):
+        capture = load_capture(capture)
+    if not isinstance(capture, Captured):
+        raise InputTypeError("explain_capture takes a capture or the path of a capture file; "
+                             f"got {type(capture).__name__}")
+    if (layer is None) != (head is None):
+        raise AttnkitError("give both layer and head, or neither to let attnkit choose")
+    capture._require()
+    choice = "given (layer and head)"
+    if layer is None:
+        layer, head = capture.layers[0], capture.heads[0]
+        choice = f"layer {layer} head {head} (the first in the capture)"
+    exp = Explanation.from_capture(capture, layer=layer, head=head,
+                                   model_name=model_name or capture.model_name, choice=choice)
+    if capture.model_info is not None:
+        exp.causal = capture.model_info.causal
+    if not special_tokens:
+        exp = _drop_special(exp, {t for t in exp.tokens if SPECIAL.match(t)})
+    return exp.words() if words else exp
 
 
 def show(text_or_capture: Any, model: str | nn.Module = "minilm", layer: int | None = None,

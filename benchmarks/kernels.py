@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import describe as describe_machine
 
 import attnkit
 
@@ -162,8 +162,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
 
-    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-               f"torch {torch.__version__}")
+    machine = describe_machine()
     print(f"# attnkit kernels vs torch SDPA vs naive eager — B={B}, H={H}, D={D}; {machine}")
     ceilings = {name: matmul_rate(getattr(torch, name), args.repeats)
                 for name in dict.fromkeys(["float32", *args.dtypes])}

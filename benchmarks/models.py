@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import describe as describe_machine
 
 
 def minilm_inputs(tokenizer, batch: int, length: int) -> dict[str, torch.Tensor]:
@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
-    results = {"machine": f"{platform.processor() or platform.machine()}, "
-                          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"}
+    results = {"machine": describe_machine()}
+    print(f"# machine: {results['machine']}")
     if not args.no_minilm:
         results["minilm"] = m = bench_minilm(args.rounds, args.batch, args.length)
         print(f"MiniLM, batch {m['batch']} x {m['length']} tokens, median of {m['rounds']} "

@@ -226,3 +226,16 @@ def test_a_users_matplotlib_backend_is_left_as_it_was(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "svg"
     assert sorted(os.listdir(tmp_path)) == ["grid.png", "grid.svg", "heads.png", "page.html"]
+
+
+def test_words_merge_pieces(explained):
+    words = explained.words()
+    assert words.tokens == ["[CLS]", "a", "fluffy", "blue", "creature", "roamed", "the",
+                            "verdant", "forest", "[SEP]"]
+    assert words.pieces is explained and words.words() is words
+    torch.testing.assert_close(words.pattern.sum(-1), torch.ones(10))
+    # "verdant" (pieces 8..10) reading "roamed" (pieces 5, 6): mean over rows, sum over columns
+    want = explained.pattern[8:11, 5:7].sum(-1).mean()
+    assert float(words.pattern[7, 5]) == pytest.approx(float(want), abs=1e-6)
+    assert "13 word pieces merged into 10 words" in words.terminal()
+    assert '"on":true' in words.html() and '"on":false' in explained.html()

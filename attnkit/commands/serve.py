@@ -1,5 +1,8 @@
 """``attnkit serve``: the local attention explorer (FastAPI on uvicorn), bound to 127.0.0.1.
 
+``--open run.safetensors`` serves capture files (from ``attnkit capture``) with no model loaded,
+unless ``--model`` asks for one too.
+
 Other addresses are refused unless ``--allow-remote-access`` says so: the explorer has no
 authentication. The server answers only requests whose Host header names the address it serves.
 """
@@ -10,6 +13,7 @@ import argparse
 import ipaddress
 import socket
 import sys
+from pathlib import Path
 
 from attnkit.commands.common import port
 from attnkit.viz.limits import MAX_TOKENS
@@ -24,8 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "text and computes every view on demand from the captured q, k and "
                     f"log-sum-exp, so inputs up to {MAX_TOKENS:,} tokens (or the model's limit) "
                     "can be explored without building their N x N pattern.")
-    parser.add_argument("--model", default="minilm",
-                        help="minilm (bundled, default), toy, a Hugging Face id or a local path")
+    parser.add_argument("--model", default=None,
+                        help="minilm (bundled, the default without --open), toy, a Hugging Face "
+                             "id or a local path")
+    parser.add_argument("--open", action="append", metavar="FILE", dest="files",
+                        help="serve this capture file (from attnkit capture); repeat to compare "
+                             "several. No model is loaded unless --model is given too")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=port, default=8765, help="port (default 8765)")
@@ -83,13 +91,34 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from attnkit.inspect.capture_file import load_capture
     from attnkit.viz.server import create_app
 
-    app = create_app(args.model, allowed_hosts=allowed_hosts(host))
+    files = args.files or []
+    captures = {}
+    for path in files:  # every file read (and checked) before the server starts
+        cap = load_capture(path)
+        name = Path(path).name if Path(path).name not in captures else str(path)
+        captures[name] = cap
+    if files and args.model is None:
+        app = create_app(None, captures=captures, allowed_hosts=allowed_hosts(host))
+        what = f"{len(files)} capture file{'s' if len(files) > 1 else ''}, no model loaded"
+    else:
+        model_name = args.model or "minilm"
+        model = tokenizer = None
+        if files:
+            from attnkit.models import load_model
+
+            model, tokenizer = load_model(model_name)
+        app = create_app(model_name, model=model, tokenizer=tokenizer,
+                         captures=captures if files else None,
+                         allowed_hosts=allowed_hosts(host))
+        what = model_name + (f" and {len(files)} capture file{'s' if len(files) > 1 else ''}"
+                             if files else "")
     if not is_loopback(host):
         print(f"attnkit serve: warning: listening on {host or 'every interface'}; anyone who "
               "reaches this machine can use the explorer", file=sys.stderr)
-    print(f"attnkit explorer for {args.model} on http://{host}:{args.port}  (Ctrl-C stops)",
+    print(f"attnkit explorer for {what} on http://{host}:{args.port}  (Ctrl-C stops)",
           file=sys.stderr)
     uvicorn.run(app, host=host, port=args.port, log_level="warning")
     return 0

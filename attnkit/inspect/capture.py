@@ -16,7 +16,8 @@ from torch import nn
 
 from attnkit.errors import AttnkitError, OutOfRangeError
 from attnkit.inspect.captured import Captured, Record
-from attnkit.inspect.families import family_of
+from attnkit.inspect.families import ModelInfo, family_of
+from attnkit.inspect.rotary import rotary_of
 from attnkit.kernels.recording import recording
 
 __all__ = ["capture", "Capture", "Record"]
@@ -39,7 +40,10 @@ class Capture(Captured):
         self._module_ids = {id(m) for m in model.modules()}
         self._wanted_layers = None if layers is None else sorted(set(layers))
         self._wanted_heads = None if heads is None else sorted(set(heads))
-        self._table = family_of(model).attention_layers(model)
+        family = family_of(model)
+        self._table = family.attention_layers(model)
+        self.model_info = _describe(family, model)
+        self.rotary = rotary_of(model)  # queries and keys are recorded after rotation
         self._tokenizer = tokenizer
         self.input_ids: torch.Tensor | None = None  # (B, S) ids fed so far, when the model had ids
         self._dynamic: dict[int, int] = {}  # modules that call attend() but are not in the table
@@ -141,9 +145,23 @@ class Capture(Captured):
         return super().heads
 
     @property
+    def model_name(self) -> str:
+        """The model's name as its family reads it (a Hugging Face id or path), else its class."""
+        return self.model_info.name if self.model_info is not None else self._name
+
+    @property
     def n_layers(self) -> int:
         """How many attention layers the model has (at least as many as were recorded)."""
         return max(len(self._table) + len(self._dynamic), max(self._records, default=-1) + 1)
+
+
+def _describe(family: Any, model: nn.Module) -> ModelInfo | None:
+    """The model's ``ModelInfo`` for capture files; None for a model its family cannot describe
+    (capturing it still works)."""
+    try:
+        return family.describe(model)
+    except (AttnkitError, AttributeError, TypeError, ValueError):
+        return None
 
 
 def _continues(old: Record, new: Record) -> bool:

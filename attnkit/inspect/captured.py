@@ -3,14 +3,15 @@ from which any piece of any head's pattern is recomputed exactly.
 
 ``Captured`` is the reading API shared by a live ``attnkit.capture`` and a capture loaded from a
 file: ``layers``, ``heads``, ``queries``, ``keys``, ``lse``, ``options``, ``seq_len``, ``tokens``,
-``pattern``, ``patterns`` (many heads at once) and ``scores``.
+``pattern``, ``patterns`` (many heads at once), ``scores``, ``why`` (the notes' ``K_i · Q_j`` of
+one cell) and ``save`` (a capture file that ``attnkit.load_capture`` reads back).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +19,14 @@ from attnkit.errors import AttnkitError, OutOfRangeError
 from attnkit.kernels.api import pattern as _pattern
 from attnkit.kernels.masks import Index
 from attnkit.runtime import work_dtype
+
+if TYPE_CHECKING:
+    import os
+    from pathlib import Path
+
+    from attnkit.inspect.families import ModelInfo
+    from attnkit.inspect.rotary import Rotary
+    from attnkit.inspect.why import Why
 
 __all__ = ["Record", "Captured", "select_one"]
 
@@ -56,12 +65,22 @@ def select_one(t: torch.Tensor | None, batch: int, heads: torch.Tensor | None = 
 
 
 class Captured:
-    """Per layer, the ``Record`` of its attention; subclasses fill ``_records``, ``_tokens``."""
+    """Per layer, the ``Record`` of its attention; subclasses fill ``_records``, ``_tokens``.
+
+    ``model_info`` (a ``ModelInfo``, or None when unknown) and ``rotary`` (how the model rotates
+    queries and keys, or None) describe the model the capture came from."""
 
     def __init__(self, name: str):
         self._name = name
         self._records: dict[int, Record] = {}
         self._token_lists: list[list[str]] | None = None
+        self.model_info: ModelInfo | None = None
+        self.rotary: Rotary | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The name of the model the capture came from."""
+        return self._name
 
     # ---- what is there ---------------------------------------------------------------------
 
@@ -243,6 +262,33 @@ class Captured:
         seen = _pattern(torch.zeros_like(q), k, torch.zeros_like(lse), rows=rows, cols=cols,
                         **{**opts, "bias": None})[0, 0]
         return s.masked_fill(seen == 0, float("-inf"))
+
+    # ---- the notes' K·Q for one cell, and files ------------------------------------------------
+
+    def why(self, layer: int, head: int, query: int, key: int, batch: int = 0,
+            top: int = 8) -> Why:
+        """Why key ``key`` answers query ``query`` in this head: the notes' ``K_i · Q_j``.
+
+        Returns a ``Why``: ``q`` and ``k`` ``(d_key,)``, their products ``q * k``, the dot
+        product, ``scale``, ``bias`` (None if the head has none), ``score`` (-inf when masked,
+        with ``mask_reason``), ``weight`` (the pattern's cell), the key's ``rank`` among the
+        query's keys, the query's ``top`` best keys (``competitors``) and, for rotary models,
+        the products grouped by rotary frequency band (``bands``). Float64, from q, k and lse:
+        ``score`` equals ``scores()`` and ``weight`` equals ``pattern()`` at that cell."""
+        from attnkit.inspect.why import why
+
+        return why(self, layer, head, query, key, batch, top)
+
+    def save(self, path: str | os.PathLike, *, model_name: str | None = None,
+             overwrite: bool = False) -> Path:
+        """Write the capture to one safetensors file that ``attnkit.load_capture`` reads back
+        (no model needed): per layer q, k, lse and the options, the tokens, the model's name
+        (``model_name``, default ``self.model_name``) and description. Size
+        O(layers · heads · N · d), never N². An existing file is replaced only with
+        ``overwrite=True``; the file appears whole or not at all."""
+        from attnkit.inspect.capture_file import save_capture
+
+        return save_capture(self, path, model_name=model_name, overwrite=overwrite)
 
 
 def _take(t: torch.Tensor, index: Index | None) -> torch.Tensor:

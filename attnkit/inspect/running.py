@@ -33,6 +33,10 @@ def check_text(text: Any, max_tokens: int | None = None) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
         bad = text[err.start:err.end]
+        if all("\udc80" <= c <= "\udcff" for c in bad):  # bytes a decoder could not read
+            raw = bytes(ord(c) - 0xDC00 for c in bad)
+            raise AttnkitError(f"the text has bytes that are not valid UTF-8 ({raw!r} at "
+                               f"position {err.start}); save or pass the text as UTF-8") from None
         raise AttnkitError(f"the text has a character that is not valid Unicode text "
                            f"({bad!r} at position {err.start}, a lone surrogate); remove it or "
                            "decode the text correctly") from None

@@ -1,7 +1,8 @@
 """The sdpa backend: PyTorch's fused ``scaled_dot_product_attention``, where it can do the job.
 
 SDPA cannot return the log-sum-exp, has no sliding window, aligns ``is_causal`` top-left and
-cannot combine it with a mask; for those it refuses with a message naming a backend that can.
+cannot combine it with a mask, and has no soft-capping, no sinks and no seeded dropout mask; for
+those it refuses with a message naming a backend that can.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ def sdpa_unsupported(spec: MaskSpec, return_lse: bool) -> str | None:
                 "attnkit aligns it bottom-right)")
     if spec.causal and (spec.mask is not None or spec.bias is not None):
         return "causal=True together with mask= or bias= (SDPA takes one or the other)"
+    if spec.softcap is not None:
+        return f"softcap={spec.softcap} (SDPA cannot soft-cap the scores)"
+    if spec.sinks is not None:
+        return "sinks (SDPA has no sink logit in its softmax)"
+    if spec.dropout_p > 0:
+        return (f"dropout_p={spec.dropout_p} (SDPA's dropout draws its own mask, not attnkit's "
+                "seeded one, so the backward and the reference could not repeat it)")
     return None
 
 
@@ -40,8 +48,10 @@ def sdpa_attention(
         q, k, v, attn_mask=attn_mask, is_causal=spec.causal, scale=scale,
         enable_gqa=spec.hq != spec.hkv,
     )
-    if spec.mask is not None:
-        # SDPA leaves NaN in rows that can see no key; attnkit promises zeros there
-        sees_any = spec.mask.any(dim=-1, keepdim=True)  # (B|1, Hq|1, Sq|1, 1)
+    if attn_mask is not None:
+        # depending on torch's version and kernel, SDPA may leave NaN in rows that see no key
+        # (all masked, or biased by -inf everywhere); attnkit promises zeros there
+        seen = attn_mask if attn_mask.dtype == torch.bool else attn_mask != float("-inf")
+        sees_any = seen.any(dim=-1, keepdim=True)  # (B|1, Hq|1, Sq|1, 1)
         out = torch.where(sees_any, out, torch.zeros((), dtype=out.dtype, device=out.device))
     return out, None

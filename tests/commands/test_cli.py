@@ -43,13 +43,13 @@ def run_blocked(argv: list[str],
 def test_help_and_params_need_none_of_the_optional_packages():
     done = run_blocked(["--help"])
     assert done.returncode == 0, done.stderr
-    for command in ("explain", "find-heads", "serve", "params", "train-toy"):
+    for command in ("explain", "capture", "find-heads", "serve", "params", "train-toy"):
         assert command in done.stdout
     assert "LOADED []" in done.stderr
     done = run_blocked(["params", "--preset", "gpt3"])
     assert done.returncode == 0, done.stderr
     assert "57,982,058,496" in done.stdout and "LOADED []" in done.stderr
-    for command in ("explain", "serve", "find-heads", "train-toy"):
+    for command in ("explain", "capture", "serve", "find-heads", "train-toy"):
         done = run_blocked([command, "--help"])
         assert done.returncode == 0, (command, done.stderr)
 

@@ -77,3 +77,49 @@ def test_existing_pictures_need_force(capsys, tmp_path):
 def test_a_huge_text_is_refused_before_tokenizing(capsys):
     assert main(["explain", "word " * 1_000_000]) == 2
     assert "the text is 5,000,000 characters, far over the limit" in capsys.readouterr().err
+
+
+def test_an_argument_that_is_not_utf8_is_a_clear_error():
+    """The shell passes bytes; Python keeps undecodable ones as surrogates. The message names
+    the bytes, not the tokenizer's internals."""
+    done = subprocess.run([sys.executable.encode(), b"-m", b"attnkit", b"explain",
+                           b"a fluffy \xff\xfe creature", b"--layer", b"0", b"--head", b"0"],
+                          capture_output=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2
+    err = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1]
+    assert err == ("attnkit explain: error: the text has bytes that are not valid UTF-8 "
+                   "(b'\\xff\\xfe' at position 9); save or pass the text as UTF-8")
+
+
+def test_explain_a_capture_file_and_words(capsys, tmp_path):
+    out = tmp_path / "run.safetensors"
+    assert main(["capture", TEXT, "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["explain", "--capture", str(out), "--layer", "2", "--head", "3", "--no-color",
+                 "--out", str(tmp_path / "pictures")]) == 0
+    pieces = capsys.readouterr().out
+    assert pieces.splitlines()[0] == "model minilm   layer 2   head 3   (13 tokens)"
+    assert "##rdan" in pieces and (tmp_path / "pictures" / "page.html").exists()
+    assert main(["explain", "--capture", str(out), "--words", "--no-special",
+                 "--no-color"]) == 0
+    words = capsys.readouterr().out
+    assert words.splitlines()[0] == "model minilm   layer 0   head 0   (8 words)"
+    assert "head chosen: layer 0 head 0 (the first in the capture)" in words
+    assert "11 word pieces merged into 8 words" in words
+    assert "  verdant   ← " in words and "##rdan" not in words
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["words here"], "--capture draws a capture file as it was recorded: give no TEXT"),
+    (["--model", "toy"], "give no TEXT, --model or --find with it"),
+])
+def test_explain_capture_errors(capsys, tmp_path, extra, message):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("not a capture")
+    assert main(["explain", "--capture", str(bad), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert main(["explain", "--capture", str(bad)]) == 2
+    assert "is not a readable capture file" in capsys.readouterr().err
+    assert main(["explain"]) == 2
+    assert "give the text to explain" in capsys.readouterr().err

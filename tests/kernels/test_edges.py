@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import attnkit
+from attnkit.errors import AttnkitError
 
 BACKENDS = ["blockwise", "reference"]
 
@@ -94,10 +95,10 @@ def test_merge_with_an_empty_side_contributes_nothing_and_never_nan():
 
 
 def test_merge_rejects_mismatched_halves():
-    with pytest.raises(ValueError, match=r"out1 has shape \(2, 5, 4\) but out2 has \(2, 6, 4\)"):
+    with pytest.raises(AttnkitError, match=r"out1 has shape \(2, 5, 4\) but out2 has \(2, 6, 4\)"):
         attnkit.merge(torch.zeros(2, 5, 4), torch.zeros(2, 5), torch.zeros(2, 6, 4),
                       torch.zeros(2, 6))
-    with pytest.raises(ValueError, match=r"lse shapes \(2, 4\) and \(2, 5\)"):
+    with pytest.raises(AttnkitError, match=r"lse shapes \(2, 4\) and \(2, 5\)"):
         attnkit.merge(torch.zeros(2, 5, 4), torch.zeros(2, 4), torch.zeros(2, 5, 4),
                       torch.zeros(2, 5))
 
@@ -135,10 +136,44 @@ def test_pattern_slices_equal_the_reference_pattern(opts):
 def test_pattern_errors_name_the_fix():
     q, k, v = qkv(1, 2, 2, 6, 8, 4)
     _, lse = attnkit.attention(q, k, v, return_lse=True)
-    with pytest.raises(ValueError, match=r"lse must have shape \(B, Hq, Sq\) = \(1, 2, 6\); "
+    with pytest.raises(AttnkitError, match=r"lse must have shape \(B, Hq, Sq\) = \(1, 2, 6\); "
                        r"got \(1, 2, 5\).*return_lse=True"):
         attnkit.pattern(q, k, lse[..., :5])
-    with pytest.raises(ValueError, match=r"rows has positions outside 0\.\.5"):
+    with pytest.raises(AttnkitError, match=r"rows has positions outside 0\.\.5"):
         attnkit.pattern(q, k, lse, rows=[0, 9])
-    with pytest.raises(ValueError, match=r"cols must be a slice or a 1-D list/tensor"):
+    with pytest.raises(AttnkitError, match=r"cols must be a slice or a 1-D list/tensor"):
         attnkit.pattern(q, k, lse, cols=torch.zeros(2, 2, dtype=torch.long))
+
+
+# ---- issue 9: no silent wrong answers ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_row_that_sees_no_key_in_an_early_tile_still_sees_far_negative_scores(tiling, backend):
+    # key 0 is outside query 1's window (the kernel's first key tile, cut at the band's edge,
+    # shows it nothing); its one visible score is -200, far below exp()'s underflow: once the
+    # running max was taken as 0 it became 0 and the row counted as empty
+    q = torch.tensor([[[[1.0], [1.0]]]])
+    k = torch.tensor([[[[1.0], [-200.0]]]])
+    v = torch.tensor([[[[1.0], [2.0]]]])
+    out, lse = attnkit.attention(q, k, v, window=(0, None), scale=1.0, backend=backend,
+                                 return_lse=True)
+    assert out.flatten().tolist() == [1.0, 2.0]
+    assert lse.flatten().tolist() == [1.0, -200.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_narrow_window_with_huge_scale_across_small_tiles(tiling, dtype):
+    """With window=(0, 8) and scale 1000 most rows' first visible tile is masked for them and
+    their scores are hundreds below 0: every row must still get its output and finite lse."""
+    from tests.kernels.oracle import assert_oracle
+
+    q, k, v = qkv(2, 4, 2, 150, 150, 16, dtype=dtype, seed=5)
+    opts = dict(window=(0, 8), scale=1000.0, return_lse=True)
+    ref64, lse64 = attnkit.attention(q.double(), k.double(), v.double(), backend="reference",
+                                     **opts)
+    ref, ref_lse = attnkit.attention(q, k, v, backend="reference", **opts)
+    out, lse = attnkit.attention(q, k, v, backend="blockwise", **opts)
+    assert torch.isfinite(lse).all()
+    assert_oracle(out, ref, ref64, 2, "output")
+    assert_oracle(lse, ref_lse, lse64, 2, "lse")

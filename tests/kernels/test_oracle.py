@@ -8,20 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attnkit
-import attnkit.kernels.blockwise as blockwise
 from tests.kernels.oracle import assert_oracle, grad_scale
-
-
-@pytest.fixture(params=["default tiles", "small tiles, threads"])
-def tiling(request, monkeypatch):
-    """Run each test with the shipped tile sizes, and with tiny tiles on worker threads so
-    tile edges, key splitting (merge) and the threaded path are all exercised at small sizes."""
-    if request.param != "default tiles":
-        monkeypatch.setattr(blockwise, "BLOCK_Q", 16)
-        monkeypatch.setattr(blockwise, "BLOCK_K", 40)
-        monkeypatch.setattr(blockwise, "MIN_PARALLEL_WORK", 1)
-        monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    return request.param
 
 
 @st.composite

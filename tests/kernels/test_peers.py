@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import attnkit
+from attnkit.errors import BackendUnsupportedError
 
 
 def qkv(b, hq, hkv, sq, sk, d, dv=None, dtype=torch.float32, seed=0):
@@ -52,13 +53,14 @@ def test_gradients_agree_with_torch_sdpa():
 
 def test_sdpa_backend_refuses_what_it_cannot_do_and_names_who_can():
     q, k, v = qkv(1, 2, 2, 5, 9, 8)
-    with pytest.raises(ValueError, match=r"backend 'sdpa' does not support causal=True with "
-                       r"Sq=5 != Sk=9 .*use backend='blockwise'"):
+    with pytest.raises(BackendUnsupportedError, match=r"backend 'sdpa' does not support "
+                       r"causal=True with Sq=5 != Sk=9 .*use backend='blockwise'"):
         attnkit.attention(q, k, v, causal=True, backend="sdpa")
-    with pytest.raises(ValueError, match=r"does not support window=\(2, 0\).*blockwise"):
+    with pytest.raises(BackendUnsupportedError,
+                       match=r"does not support window=\(2, 0\).*blockwise"):
         attnkit.attention(q, k, v, window=(2, 0), backend="sdpa")
-    with pytest.raises(ValueError, match=r"does not support return_lse=True"):
+    with pytest.raises(BackendUnsupportedError, match=r"does not support return_lse=True"):
         attnkit.attention(q, k, v, return_lse=True, backend="sdpa")
-    with pytest.raises(ValueError, match=r"causal=True together with mask="):
+    with pytest.raises(BackendUnsupportedError, match=r"causal=True together with mask="):
         attnkit.attention(q, q, q, causal=True, mask=torch.ones(5, 5, dtype=torch.bool),
                           backend="sdpa")

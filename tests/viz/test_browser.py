@@ -5,14 +5,6 @@ changes the grid, text with ``<script>``/``<img onerror>``/quotes is shown and r
 over-long input gets a clear message, and the screenshots are not blank.
 """
 
-import io
-import os
-import socket
-import threading
-import time
-from urllib.parse import urlparse
-
-import matplotlib.image
 import pytest
 import torch
 
@@ -21,54 +13,11 @@ from attnkit.inspect.running import run_and_capture
 from attnkit.viz.page import page_data, render_page
 from attnkit.viz.server import create_app
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                       reason=f"Debian chromium is not installed at {CHROMIUM} "
-                              "(apt-get install chromium; `make browser` does it)"),
-]
+pytestmark = [pytest.mark.browser]
 
 TEXT = "a fluffy blue creature roamed the verdant forest"
 XSS = ['<script>window.__pwned = "script"</script>', '<img src=x onerror="window.__pwned=1">',
        '"double" \'single\'', "</script><script>window.__pwned=2</script>", "forest"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
-
-
-class Watched:
-    """A page with every request, dialog and console error recorded."""
-
-    def __init__(self, browser):
-        self.page = browser.new_page(viewport={"width": 1280, "height": 900})
-        self.requests, self.dialogs, self.errors = [], [], []
-        self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
-        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-
-    def non_local(self):
-        local = {"127.0.0.1", "localhost", "", None}
-        return [u for u in self.requests if not u.startswith(("file:", "data:"))
-                and urlparse(u).hostname not in local]
-
-    def pwned(self):
-        return self.page.evaluate("window.__pwned")
-
-    def screenshot_spread(self, selector=None):
-        shot = (self.page.locator(selector) if selector else self.page).screenshot()
-        return float(matplotlib.image.imread(io.BytesIO(shot), format="png").std())
-
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +30,9 @@ def _cells(page):
     return page.eval_on_selector_all("#grid td.cell", "cs => cs.map(c => c.style.background)")
 
 
-def test_page_offline_hover_and_switch(browser, explained, tmp_path):
+def test_page_offline_hover_and_switch(watched, explained, tmp_path):
     path = explained.save_page(tmp_path / "page.html")
-    w = Watched(browser)
+    w = watched()
     w.page.goto(path.as_uri())
     w.page.wait_for_selector("body[data-ready='1']")
     assert w.non_local() == [] and w.errors == []
@@ -115,16 +64,15 @@ def test_page_offline_hover_and_switch(browser, explained, tmp_path):
     assert w.page.inner_text("#grid th.axis").startswith("queries")
     assert w.screenshot_spread() > 0.05
     assert w.non_local() == [] and w.errors == []
-    w.page.close()
 
 
-def test_page_shows_hostile_text_as_text(browser, tmp_path):
+def test_page_shows_hostile_text_as_text(watched, tmp_path):
     n = len(XSS)
     patterns = torch.softmax(torch.randn(1, 2, n, n), dim=-1)  # (L, H, S, S)
     path = tmp_path / "xss.html"
     path.write_text(render_page(page_data(patterns, XSS, model_name='<b onmouseover="x">m</b>',
                                           layer=0, head=1, causal=True)))
-    w = Watched(browser)
+    w = watched()
     w.page.goto(path.as_uri())
     w.page.wait_for_selector("body[data-ready='1']")
     for q in range(n):
@@ -135,17 +83,16 @@ def test_page_shows_hostile_text_as_text(browser, tmp_path):
     assert w.page.inner_text("#which").startswith('<b onmouseover="x">m</b>')
     assert w.pwned() is None and w.dialogs == [] and w.errors == []
     assert w.non_local() == []
-    w.page.close()
 
 
-def test_long_page_draws_on_a_canvas(browser, tmp_path):
+def test_long_page_draws_on_a_canvas(watched, tmp_path):
     n = 300
     future = torch.ones(n, n, dtype=torch.bool).triu(1)
     patterns = torch.softmax((3 * torch.randn(1, 2, n, n)).masked_fill(future, float("-inf")), -1)
     path = tmp_path / "long.html"
     path.write_text(render_page(page_data(patterns, [f"w{i}" for i in range(n)], model_name="m",
                                           layer=0, head=1, causal=True)))
-    w = Watched(browser)
+    w = watched()
     w.page.goto(path.as_uri())
     w.page.wait_for_selector("body[data-ready='1']")
     assert w.page.locator("#grid td").count() == 0  # no 90,000-cell table
@@ -160,29 +107,14 @@ def test_long_page_draws_on_a_canvas(browser, tmp_path):
     assert w.page.evaluate("document.getElementById('canvas').toDataURL()") != before
     assert w.screenshot_spread("#canvas") > 0.05
     assert w.errors == [] and w.non_local() == []
-    w.page.close()
 
 
 @pytest.fixture(scope="module")
-def explorer(minilm):
+def explorer(minilm, serve):
     """The explorer app served for real by uvicorn on 127.0.0.1, in a thread."""
-    import uvicorn
-
     model, tokenizer = minilm
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app("minilm", model=model, tokenizer=tokenizer),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(create_app("minilm", model=model, tokenizer=tokenizer)) as url:
+        yield url
 
 
 def _run(w, text):
@@ -191,8 +123,8 @@ def _run(w, text):
     w.page.click("#run")
 
 
-def test_explorer(browser, explorer, explained, minilm):
-    w = Watched(browser)
+def test_explorer(watched, explorer, explained, minilm):
+    w = watched()
     w.page.goto(explorer)
     w.page.wait_for_selector("body[data-loaded='1']")
     _run(w, TEXT)
@@ -232,4 +164,3 @@ def test_explorer(browser, explorer, explained, minilm):
     assert w.pwned() is None and w.dialogs == []
     assert w.errors == [] or all("413" in e for e in w.errors)  # the failed request is logged
     assert w.non_local() == []
-    w.page.close()

@@ -60,3 +60,41 @@ def test_long_inputs_keep_only_the_chosen_head():
 def test_escape_json():
     assert escape_json("</script>&") == '"\\u003c/script\\u003e\\u0026"'
     assert json.loads(escape_json({"a": "<&>"})) == {"a": "<&>"}
+
+
+def _decode(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.float32)
+
+
+def test_kq_data_carries_the_heads_queries_keys_and_lse_exactly():
+    import attnkit
+    from attnkit.inspect.captured import Captured, Record
+    from attnkit.viz.page import kq_data
+
+    b, h, hk, s, d = 1, 4, 2, 6, 8
+    q, k = torch.randn(b, h, s, d), torch.randn(b, hk, s, d)
+    _, lse = attnkit.attention(q, k, torch.randn(b, hk, s, 2), causal=True, return_lse=True)
+    cap = Captured("m")
+    cap._records[0] = Record(q, k, lse, {"causal": True, "scale": 0.25}, (0, 1, 2, 3), 4)
+    cap._records[1] = Record(q, k, lse, {"causal": True, "bias": torch.zeros(1, 1, s, s)},
+                             (0, 1, 2, 3), 4)
+    data = kq_data(cap, [(0, 3), (0, 1), (1, 0)])
+    assert sorted(data["heads"]) == ["0,1", "0,3"]  # layer 1 has a bias: left to the explorer
+    assert data["layers"]["0"] == {"scale": 0.25, "causal": True, "window": None, "offset": 0}
+    head = data["heads"]["0,3"]
+    assert torch.equal(_decode(head["q"]).view(s, d), q[0, 3])
+    assert torch.equal(_decode(head["k"]).view(s, d), k[0, 1])  # query head 3 reads key head 1
+    assert torch.equal(_decode(head["lse"]), lse[0, 3])
+    small = kq_data(cap, [(0, 3), (0, 1)], budget=10)
+    assert list(small["heads"]) == ["0,3"]  # over budget: the chosen head only
+    assert kq_data(cap, [(1, 0)]) is None
+
+
+def test_words_travel_with_the_page():
+    tokens = ["[CLS]", "roam", "##ed", "far", "[SEP]"]
+    patterns = torch.softmax(torch.randn(1, 1, 5, 5), dim=-1)
+    data = page_data(patterns, tokens, model_name="m", layer=0, head=0, causal=False,
+                     words=True)
+    assert data["words"] == {"tokens": ["[CLS]", "roamed", "far", "[SEP]"],
+                             "spans": [[0, 1], [1, 3], [3, 4], [4, 5]], "on": True}
+    assert data["kq"] is None and data["colour"] is None
