@@ -1,6 +1,6 @@
-"""``attnkit stats``: the shipped labelled sentences through MiniLM (files, table, pictures), the
-same run shared by two real processes under torchrun (gloo on 127.0.0.1) equal to one process,
-and errors that exit 2 with the fix."""
+"""``attnkit stats``: the shipped labelled sentences through MiniLM (files, table, pictures); a
+run of the induction model over random syllables shared by two real processes under torchrun
+(gloo on 127.0.0.1) equal to one process; errors that exit 2 with the fix."""
 
 import csv
 import json
@@ -17,6 +17,7 @@ from attnkit.cli import main
 from attnkit.corpus import OUTPUTS
 from attnkit.inspect.relations import shipped_texts
 from attnkit.inspect.stats import AttentionStats
+from attnkit.models.induction import SYLLABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,10 +61,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_under_torchrun_equal_one(texts_file, tmp_path, capsys):
-    args = ["--model", "minilm", "--texts", str(texts_file), "--layers", "0,4-5",
-            "--batch-size", "4", "--quiet"]
+@pytest.fixture(scope="module")
+def syllables_file(tmp_path_factory):
+    """30 texts of 5-60 random syllables: the induction model reads them, and it loads in a
+    moment in a fresh process (no transformers), so the two-process run costs little."""
+    g = torch.Generator().manual_seed(3)
+    lines = []
+    for _ in range(30):
+        n = int(torch.randint(5, 61, (1,), generator=g))
+        picks = torch.randint(0, len(SYLLABLES), (n,), generator=g).tolist()
+        lines.append(" ".join(SYLLABLES[i] for i in picks))
+    path = tmp_path_factory.mktemp("syllables") / "syllables.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path, len(lines)
+
+
+def test_two_processes_under_torchrun_equal_one(syllables_file, tmp_path, capsys):
+    texts, n_texts = syllables_file
+    args = ["--model", "induction", "--texts", str(texts), "--batch-size", "4", "--quiet"]
     assert main(["stats", *args, "--out", str(tmp_path / "one")]) == 0
     capsys.readouterr()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1"}
@@ -71,15 +86,15 @@ def test_two_processes_under_torchrun_equal_one(texts_file, tmp_path, capsys):
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
          "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "attnkit",
          "stats", *args, "--out", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=600)
+        env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     two = tmp_path / "two"
     # each rank wrote its own share of the texts; rank 0 wrote the results
     shares = [len((two / f"per_text.rank{r}.jsonl").read_text().splitlines()) for r in (0, 1)]
-    assert sum(shares) == len(shipped_texts()) and min(shares) > 0
+    assert sum(shares) == n_texts and min(shares) > 0
     one = json.loads((tmp_path / "one" / "stats.json").read_text())
     both = json.loads((two / "stats.json").read_text())
-    assert both["tokens"] == one["tokens"] and both["sequences"] == one["sequences"]
+    assert both["tokens"] == one["tokens"] and both["sequences"] == one["sequences"] == n_texts
     a, b = AttentionStats.from_dict(one), AttentionStats.from_dict(both)
     assert torch.equal(a.queries, b.queries)
     for name in ("entropy_sum", "sink_sum", "max_weight_sum", "distance_sum"):

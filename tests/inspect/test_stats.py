@@ -166,3 +166,14 @@ def test_errors_name_the_problem(llama_run):
         AttentionStats.combine([])
     with pytest.raises(attnkit.AttnkitError, match="not statistics written by"):
         AttentionStats.from_dict({"layers": [0]})
+
+
+def test_a_loaded_capture_file_gives_the_same_statistics(llama_run, tmp_path):
+    """A capture saved and loaded back (no model) gives the statistics of the live one."""
+    cap, _, _ = llama_run
+    loaded = attnkit.load_capture(cap.save(tmp_path / "run.safetensors"))
+    assert type(loaded).__name__ == "CaptureFile"
+    live, back = attention_stats(cap), attention_stats(loaded)
+    for name in ("queries", "entropy_sum", "sink_sum", "max_weight_sum", "distance_sum",
+                 "received"):
+        assert torch.equal(getattr(back, name), getattr(live, name)), name
