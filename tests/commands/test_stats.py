@@ -76,6 +76,7 @@ def syllables_file(tmp_path_factory):
     return path, len(lines)
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_equal_one(syllables_file, tmp_path, capsys):
     texts, n_texts = syllables_file
     args = ["--model", "induction", "--texts", str(texts), "--batch-size", "4", "--quiet"]
