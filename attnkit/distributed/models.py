@@ -210,7 +210,7 @@ def context_parallel_attention(
         query, key, value, layout=cp.layout, mode=cp.mode, causal=options["causal"],
         window=options.get("window"), key_mask=options.get("mask"), scale=options["scale"],
         return_lse=True, group=cp.group, backend=cp.backend, anyone={"record": wants},
-        what=f"context_parallel ({name} {getattr(module, 'layer_idx', '')})".replace(" )", ")"))
+        what=f"context_parallel ({name}, layer {getattr(module, 'layer_idx', '?')})")
     recorders = [r for r, e in enumerate(everyone) if e["record"]]
     if recorders:
         padded = any(e["key_mask"] for e in everyone)

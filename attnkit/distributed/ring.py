@@ -86,7 +86,7 @@ def _backward(q, k, v, key_mask, out, lse, dout, dlse, plan: RingPlan, group: Gr
     returned = None
     if plan.reach[r] > 0:  # the last rank to use our block sends its gradients home
         returned = home.recv(grads_like, frm=r + plan.reach[r], tag=_tag(_HOME, 0))
-    outgoing = []  # accumulators on their way (kept until sent)
+    previous = None  # last step's transfers: their sends are waited for one step later
     mine = current = _block(k.contiguous(), v.contiguous(), key_mask)
     for t in range(plan.steps):
         src = plan.source(t)
@@ -110,6 +110,8 @@ def _backward(q, k, v, key_mask, out, lse, dout, dlse, plan: RingPlan, group: Gr
             dk_b[:, :, call.k0:call.k1] += dk_c
             dv_b[:, :, call.k0:call.k1] += dv_c
         moves.wait_received()
+        if previous is not None:  # last step's accumulator has arrived: free its buffer
+            previous.wait_sent()
         if plan.holds(t):
             acc = carried if carried is not None else [torch.zeros_like(g) for g in grads_like]
             if dk_b is not None:
@@ -121,13 +123,13 @@ def _backward(q, k, v, key_mask, out, lse, dout, dlse, plan: RingPlan, group: Gr
                 moves.send(acc, to=src, tag=_tag(_HOME, 0))
             else:  # nobody else uses this rank's block
                 own = acc
-        outgoing.append(moves)
+        previous = moves
         current = incoming
     if returned is not None:
         home.wait()
         own = returned
-    for moves in outgoing:
-        moves.wait_sent()
+    if previous is not None:
+        previous.wait_sent()
     return dq.to(q.dtype), own[0].to(k.dtype), own[1].to(v.dtype)
 
 

@@ -43,6 +43,13 @@ def float32_matrix() -> list[dict]:
                 LAYOUTS, MODES, ("none", "causal", "window", "window2")))]
 
 
+def half_matrix() -> list[dict]:
+    """bfloat16: blocks computed in the input dtype, merged in float32."""
+    return [{"layout": "zigzag", "mode": mode, "mask": mask, "hq": 4, "hkv": 2, "nq": 8,
+             "d": 16, "dv": 16, "dtype": "bfloat16", "seed": 300 + i}
+            for i, (mode, mask) in enumerate(itertools.product(MODES, ("causal", "window2")))]
+
+
 def results(ranks: list[dict], case: int) -> list:
     """Case ``case``'s result on every rank (failing with the traceback if it raised)."""
     out = []
@@ -84,7 +91,8 @@ def two_ranks():
     return launch(2, [("matrix", {"configs": full_matrix()}),
                       ("matrix", {"configs": float32_matrix()}),
                       ("errors", {}), ("layouts", {}), ("torch_ring", {}),
-                      ("matrix", {"configs": [control]})])
+                      ("matrix", {"configs": [control]}),
+                      ("matrix", {"configs": half_matrix()})])
 
 
 def test_float64_equals_one_process_on_2_ranks(two_ranks):
@@ -93,6 +101,10 @@ def test_float64_equals_one_process_on_2_ranks(two_ranks):
 
 def test_float32_meets_the_oracle_rule_on_2_ranks(two_ranks):
     check_float32(results(two_ranks, 1))
+
+
+def test_bfloat16_meets_the_oracle_rule_on_2_ranks(two_ranks):
+    check_float32(results(two_ranks, 6))
 
 
 def test_a_wrong_layout_is_caught_by_these_checks(two_ranks):
