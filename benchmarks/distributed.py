@@ -15,8 +15,9 @@ leaves exposed.
 Memory (``--memory``, one mode and one size per fresh process): after a warm-up at a tiny size,
 each rank's VmHWM is reset to its current RSS (``/proc/self/clear_refs``) and one call runs; the
 figure is how far the call pushes the peak (its output, and with ``--backward`` the gradients,
-included), max over ranks. In a process that ran other calls the allocator's retained memory
-would hide part of it, hence the fresh process.
+included), max over ranks. glibc's mmap threshold is pinned at 1 MiB first (``--glibc-default``
+leaves it dynamic), so the figure is the most the call holds at once rather than what the heap
+kept from blocks freed earlier in the call.
 """
 
 from __future__ import annotations
@@ -161,8 +162,20 @@ def run(n: int, modes: list, backward: bool, rounds: int) -> list[dict]:
     return rows
 
 
-def memory(n: int, mode, backward: bool) -> dict:
+def _pin_mmap_threshold() -> None:
+    """glibc raises its mmap threshold each time a large block is freed, after which blocks of
+    that size come from the heap and stay resident once freed; pinned at 1 MiB, every large
+    block is returned when freed, so RSS follows the tensors the call holds."""
+    import ctypes
+
+    m_mmap_threshold = -3
+    ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, 1 << 20)
+
+
+def memory(n: int, mode, backward: bool, pin: bool) -> dict:
     """Peak memory of one call in this fresh process (see the module docstring)."""
+    if pin:
+        _pin_mmap_threshold()
     q, k, v = _inputs(n, backward)
     _warm_up([mode], q, k, v, backward)
     seconds, peak = _call(mode, q, k, v, backward)
@@ -170,7 +183,7 @@ def memory(n: int, mode, backward: bool) -> dict:
             "pass": "fwd+bwd" if backward else "fwd",
             "peak_extra_mb_per_rank": round(max(_slowest([peak])), 1),
             "inputs_mb_per_rank": round(3 * q.numel() * 4 / 2**20, 1),
-            "ms": round(1000 * max(_slowest([seconds])))}
+            "ms": round(1000 * max(_slowest([seconds]))), "pinned_mmap_threshold": pin}
 
 
 def main() -> int:
@@ -183,6 +196,8 @@ def main() -> int:
     parser.add_argument("--memory", action="store_true",
                         help="peak memory of one call instead (one mode, one size)")
     parser.add_argument("--backward", action="store_true", help="with --memory: fwd+bwd")
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="with --memory: leave glibc's mmap threshold dynamic")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=30))
@@ -196,7 +211,7 @@ def main() -> int:
         machine = describe_machine()
         for n in args.sizes:
             if args.memory:
-                rows.append(memory(n, modes[0], args.backward))
+                rows.append(memory(n, modes[0], args.backward, not args.glibc_default))
             else:
                 rows += run(n, modes, backward=False, rounds=args.rounds)
                 if n in args.backward_sizes:

@@ -34,15 +34,23 @@ def run_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.
                      mask=mask, scale=local.scale, return_lse=True, backend=local.backend)
 
 
+MERGE_ROWS = 1024  # query rows merged at a time: merge's temporaries stay this small
+
+
 def merge_into(acc_out: torch.Tensor, acc_lse: torch.Tensor, call: Call, out: torch.Tensor,
                lse: torch.Tensor) -> None:
     """Fold one call's result into the running ``acc_out (B, Hq, Sq, Dv)``, ``acc_lse (B, Hq, Sq)``
-    (work dtype) on its rows; rows that saw no key so far (lse = -inf) take the call's as is."""
-    rows = slice(call.q0, call.q1)
-    merged_out, merged_lse = merge(acc_out[:, :, rows], acc_lse[:, :, rows], out.to(acc_out.dtype),
-                                   lse.to(acc_lse.dtype))
-    acc_out[:, :, rows] = merged_out
-    acc_lse[:, :, rows] = merged_lse
+    (work dtype) on its rows; rows that saw no key so far (lse = -inf) take the call's as is.
+    Merged ``MERGE_ROWS`` rows at a time, so the ring's memory stays a few blocks, not a few
+    copies of the output."""
+    for r0 in range(call.q0, call.q1, MERGE_ROWS):
+        r1 = min(r0 + MERGE_ROWS, call.q1)
+        part = slice(r0 - call.q0, r1 - call.q0)
+        merged_out, merged_lse = merge(acc_out[:, :, r0:r1], acc_lse[:, :, r0:r1],
+                                       out[:, :, part].to(acc_out.dtype),
+                                       lse[:, :, part].to(acc_lse.dtype))
+        acc_out[:, :, r0:r1] = merged_out
+        acc_lse[:, :, r0:r1] = merged_lse
 
 
 def call_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,

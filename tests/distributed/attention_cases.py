@@ -111,9 +111,23 @@ def compare(cfg: dict, group=None) -> dict:
     return result
 
 
-def matrix(configs: list[dict]) -> dict:
+def matrix(configs: list[dict], merge_rows: int | None = None, small_tiles: bool = False) -> dict:
+    """``compare`` every config. ``merge_rows``: merge the ring's partial results that many rows
+    at a time (small: the sliced path); ``small_tiles``: blockwise tiles of 16 x 40 on two worker
+    threads, so tile edges fall inside the ring's calls."""
+    import contextlib
+
+    import attnkit.distributed.tiles as tiles
+
+    if merge_rows is not None:
+        tiles.MERGE_ROWS = merge_rows
     start = time.perf_counter()
-    results = [compare(cfg) for cfg in configs]
+    with contextlib.ExitStack() as stack:
+        if small_tiles:
+            from tests.kernels.tiles import small_tiles as tiny
+
+            stack.enter_context(tiny())
+        results = [compare(cfg) for cfg in configs]
     return {"results": results, "seconds": time.perf_counter() - start}
 
 

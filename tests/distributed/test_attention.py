@@ -140,7 +140,9 @@ def test_equals_pytorch_templated_ring_attention(two_ranks):
 
 @pytest.fixture(scope="module")
 def three_ranks():
-    return launch(3, [("matrix", {"configs": full_matrix()}), ("errors", {}), ("layouts", {})])
+    # the ring merges 3 rows at a time here: the sliced merge crosses every call's rows
+    return launch(3, [("matrix", {"configs": full_matrix(), "merge_rows": 3}), ("errors", {}),
+                      ("layouts", {})])
 
 
 @pytest.mark.slow
@@ -156,7 +158,8 @@ def test_errors_on_3_ranks(three_ranks):
 
 @pytest.fixture(scope="module")
 def four_ranks():
-    return launch(4, [("matrix", {"configs": full_matrix()}),
+    # tiny blockwise tiles on two threads: tile edges fall inside every local call
+    return launch(4, [("matrix", {"configs": full_matrix(), "small_tiles": True}),
                       ("matrix", {"configs": float32_matrix()[::3]}), ("groups", {})])
 
 

@@ -24,7 +24,7 @@ CASES.append({"model": "llama", "layout": "zigzag", "mode": "ring", "padded": Tr
 @pytest.fixture(scope="module")
 def ranks():
     return launch(2, [("hf", {"cases": CASES}), ("capture", {"where": "all"}),
-                      ("hf_errors", {})], timeout=400)
+                      ("hf_errors", {}), ("capture", {"where": "rank0"})], timeout=400)
 
 
 def _results(ranks, case):
@@ -65,9 +65,8 @@ def test_capture_under_context_parallel_equals_one_process(ranks):
 
 
 @pytest.mark.slow
-def test_capture_on_rank_0_only():
-    ranks = launch(2, [("capture", {"where": "rank0"})])
-    rank0, rank1 = _results(ranks, 0)
+def test_capture_on_rank_0_only(ranks):
+    rank0, rank1 = _results(ranks, 3)
     assert rank0["records"] and not rank1["records"]
     assert rank0["pattern"] <= 1e-10
 
