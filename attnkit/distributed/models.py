@@ -26,6 +26,7 @@ from attnkit.distributed.capture import record_whole
 from attnkit.distributed.groups import Group, resolve
 from attnkit.distributed.layouts import check_layout, local_error, positions_of, shard, unshard
 from attnkit.errors import AttnkitError, UnsupportedModelError
+from attnkit.hf.attention import _attentions_requested as attentions_requested
 from attnkit.inspect.families import register_family
 from attnkit.kernels import recording
 
@@ -193,7 +194,7 @@ def context_parallel_attention(
         if kwargs.get(unsupported) is not None:
             raise AttnkitError(f"context_parallel does not support `{unsupported}` ({name}); "
                                "run this model on one process")
-    if kwargs.get("output_attentions") or hf._attentions_requested():
+    if kwargs.get("output_attentions") or attentions_requested():
         raise AttnkitError(
             "output_attentions under context_parallel would build a (B, H, n, N) pattern per "
             "layer on every rank; use attnkit.capture(model) and cap.pattern(...) instead")
@@ -202,8 +203,8 @@ def context_parallel_attention(
             f"{name}'s mask is not causal / sliding-window / bidirectional with key padding "
             "(transformers built a general (B, 1, Sq, Sk) mask), which context_parallel cannot "
             "split; run this model on one process")
-    # TODO: attnkit.hf.attention_options(...) once public (another branch exposes it)
-    options = hf._options(module, query, key, attention_mask, scaling, is_causal, None)
+    options = hf.attention_options(module, query, key, attention_mask, scaling=scaling,
+                                   is_causal=is_causal)
     recorder = recording._ACTIVE.get()
     wants = recorder is not None and recorder.wants(module)
     out, lse, everyone = run(
