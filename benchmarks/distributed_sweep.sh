@@ -2,8 +2,9 @@
 # The whole distributed benchmark of BENCHMARKS.md: timing at W = 1, 2, 4 (interleaved modes,
 # median of 5) and peak memory per rank (one call per fresh process, every mode, W = 1, 2, 4).
 #
-#   benchmarks/distributed_sweep.sh                 # TIME_SIZES=16384, MEM_SIZES="16384 65536"
-#   TIME_SIZES="16384 65536" benchmarks/distributed_sweep.sh   # also time 64k (long: ~30 calls)
+#   benchmarks/distributed_sweep.sh           # TIME_SIZES=16384, MEM_SIZES="16384 65536"
+#   TIME_SIZES="16384 65536" BACKWARD_SIZES=16384 benchmarks/distributed_sweep.sh
+#       # also time 64k (long: ~30 calls of the whole sequence) and fwd+bwd at 16k
 #
 # PY (default .venv/bin/python) runs torch.distributed.run; results go to OUT (bench-out/).
 # On a quiet 2-core machine the default sweep takes a few minutes, the 64k memory runs most of it.
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-bench-out}
 TIME_SIZES=${TIME_SIZES:-16384}
+BACKWARD_SIZES=${BACKWARD_SIZES:-}
 MEM_SIZES=${MEM_SIZES:-16384 65536}
 export PYTHONPATH=${PYTHONPATH:-$PWD}
 mkdir -p "$OUT"
@@ -26,7 +28,7 @@ run() {  # run W args...
 
 for w in 1 2 4; do
     # shellcheck disable=SC2086
-    run "$w" --sizes $TIME_SIZES --out "$OUT/distributed-$w.json"
+    run "$w" --sizes $TIME_SIZES --backward-sizes $BACKWARD_SIZES --out "$OUT/distributed-$w.json"
 done
 for n in $MEM_SIZES; do
     run 1 --memory --sizes "$n" --out "$OUT/mem-$n-1.json"
