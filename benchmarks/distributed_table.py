@@ -39,14 +39,15 @@ def memory(out: Path) -> str:
     total = {id(r): r["inputs_mb_per_rank"] + r["peak_extra_mb_per_rank"] for r in rows}
     base = {(r["n"], r["pass"]): total[id(r)] for r in rows if r["world"] == 1}
     lines = ["| N | pass | W | mode | inputs MB / rank | the call's peak MB / rank | "
-             "inputs + peak MB / rank | one process / this | one call ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "inputs + peak MB / rank | one process / this | one call ms | mmap threshold |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["n"], r["pass"], r["mode"] != "one process",
                                          r["mode"], r["world"])):
         ratio = base[(r["n"], r["pass"])] / total[id(r)]
         lines.append(f"| {r['n']} | {r['pass']} | {r['world']} | {r['mode']} | "
                      f"{r['inputs_mb_per_rank']} | {r['peak_extra_mb_per_rank']} | "
-                     f"{total[id(r)]:.1f} | {ratio:.2f} | {r['ms']} |")
+                     f"{total[id(r)]:.1f} | {ratio:.2f} | {r['ms']} | "
+                     f"{'pinned' if r.get('pinned_mmap_threshold') else 'dynamic'} |")
     return "\n".join(lines)
 
 
