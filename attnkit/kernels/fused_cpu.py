@@ -1,0 +1,384 @@
+"""The fused backend on the CPU: torch's own flash-attention kernel, the one behind SDPA, which
+returns the log-sum-exp — called only on the tiles the causal/window band leaves visible.
+
+``aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal, *, attn_mask,
+scale) -> (out, lse)`` and its ``_backward`` (private ops, so they are feature-detected) do the
+arithmetic. What they cannot say themselves is arranged around them:
+
+- **bottom-right causal, windows, Sq != Sk**: the op's causal is top-left. Each block of queries
+  is cut into at most three key pieces: a left edge that the window's left bound crosses (a
+  small cached additive mask), a middle every query sees (no mask), and a right edge that starts
+  on the block's diagonal, where the bottom-right band *is* the op's top-left causal. Keys the
+  band hides are never passed to the op. Pieces are combined with the merge rule (DESIGN.md).
+- **rows that see no key**: the op returns ``lse = 0`` there (it would corrupt any merge); they
+  get ``-inf`` here, and zeros.
+- **the lse's gradient**: the op's backward takes only ``dO``. It computes
+  ``dS = P * (dP - rowsum(dO * O))`` and reads ``O`` nowhere else, so ``dlse`` rides in on one
+  extra head-dim column: ``q, k, v`` get a zero column, ``O`` a column of ones and ``dO`` the
+  column ``-dlse``; then ``rowsum(dO * O)`` is ``rowsum(dO * O) - dlse`` and nothing else moves.
+- **per-piece backward**: each piece's gradients come from the op's backward given the block's
+  merged ``(O, lse)``: ``P = exp(S - lse)`` is then the global probability.
+- **half precision**: inputs are computed in float32 (this CPU's bf16/fp16 matmuls are ~100x
+  slower than float32 through torch 2.13), outputs rounded once to the input dtype; the float32
+  output is what the backward's ``rowsum(dO * O)`` reads.
+- ``Dv != D``: the op wants one head size; q, k (or v) get zero columns, which change no score.
+
+Bias without a gradient is passed as the op's float ``attn_mask``; a bias that needs a gradient
+is refused (the op gives ``attn_mask`` none) with the name of the backend that does it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from attnkit.kernels.compiled import Split
+from attnkit.kernels.masks import MaskSpec
+from attnkit.kernels.merge import merge
+from attnkit.runtime import work_dtype
+
+BLOCK_Q = 128  # queries per block when a window's left bound moves along the sequence
+# Half-precision dtypes whose forward pass (without autograd) runs the op in that dtype: it
+# accumulates in float32 and returns a float32 lse, rounding only the probabilities to the dtype
+# before they multiply v, and skips three conversions. With autograd the call runs in float32:
+# the op's half-precision backward is ~5x slower on this CPU (BENCHMARKS.md).
+NATIVE_FORWARD = (torch.bfloat16, torch.float16)
+OP_NAMES = ("_scaled_dot_product_flash_attention_for_cpu",
+            "_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def find_ops(aten=None) -> tuple | None:
+    """The private forward and backward ops in ``aten`` (default ``torch.ops.aten``), or None
+    when this torch does not have them."""
+    aten = torch.ops.aten if aten is None else aten
+    ops = tuple(getattr(aten, name, None) for name in OP_NAMES)
+    return ops if all(op is not None for op in ops) else None
+
+
+_OPS = find_ops()
+
+
+def fused_cpu_unsupported(spec: MaskSpec, return_lse: bool, q: torch.Tensor) -> str | None:
+    """Why the fused CPU kernel cannot compute this call exactly, or None when it can."""
+    if _OPS is None:
+        return (f"this torch ({torch.__version__}): it has no "
+                f"aten.{OP_NAMES[0]}, the fused CPU kernel")
+    if q.device.type != "cpu":
+        return f"tensors on {q.device} (the fused backend runs on the CPU)"
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        return f"dtype {q.dtype}"
+    if q.shape[-1] == 0:
+        return "head_dim 0 (the fused kernel divides by it)"
+    if spec.bias is not None and spec.bias.requires_grad:
+        return "a bias that requires grad (the fused kernel gives its mask no gradient)"
+    return None
+
+
+def fused_cpu_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact attention on torch's fused CPU kernel. Shapes as in ``attnkit.attention``:
+    q ``(B, Hq, Sq, D)``, k ``(B, Hkv, Sk, D)``, v ``(B, Hkv, Sk, Dv)`` → out ``(B, Hq, Sq, Dv)``
+    in q's dtype, lse ``(B, Hq, Sq)`` float32 (float64 for float64), both differentiable."""
+    needs_grad = q.requires_grad or k.requires_grad or v.requires_grad
+    if torch.is_grad_enabled() and needs_grad:
+        return _FusedCPUFunction.apply(q, k, v, spec, scale)
+    native = q.dtype in NATIVE_FORWARD and (spec.bias is None or spec.bias.dtype == q.dtype)
+    out, lse = _forward(q, k, v, spec, scale, native=native)
+    return out.to(q.dtype), lse
+
+
+# ---- which keys each block of queries sees -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Keys ``[k0, k1)`` of a block. ``kind``: "full" (every query of the block sees them all),
+    "causal" (query ``a`` of the block sees the piece's keys ``0..a``: the op's top-left causal)
+    or "band" (the band's own mask, a cached tile)."""
+
+    k0: int
+    k1: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class Block:
+    """Queries ``[q0, q1)`` and the key pieces they see, in key order."""
+
+    q0: int
+    q1: int
+    pieces: tuple[Piece, ...]
+
+
+def plan(spec: MaskSpec, block_q: int | None = None) -> list[Block]:
+    """The blocks and pieces of a call. Queries outside the blocks see no key at all."""
+    sq, sk, off = spec.sq, spec.sk, spec.offset
+    left, right = spec.left, spec.right
+    # a bound that cannot bind is no bound: fewer, larger blocks
+    if left is not None and left >= sk - 1:
+        left = None
+    if right is not None and off + right >= sk - 1:
+        right = None
+    # queries that see some key: i + off + right >= 0 and i + off - left <= sk - 1
+    first = 0 if right is None else max(0, -off - right)
+    last = sq if left is None else min(sq, sk - off + left)
+    if sk == 0 or first >= last:
+        return []
+    size = (block_q or BLOCK_Q) if left is not None else last - first
+    blocks = []
+    for q0 in range(first, last, size):
+        q1 = min(q0 + size, last)
+        blocks.append(Block(q0, q1, _pieces(q0, q1, sk, off, left, right)))
+    return blocks
+
+
+def _pieces(q0: int, q1: int, sk: int, off: int, left: int | None,
+            right: int | None) -> tuple[Piece, ...]:
+    """Query ``a`` sees keys ``[a + off - left, a + off + right]``; cut ``[lo, hi)`` where the
+    band stops hiding keys from some query of the block."""
+    lo = 0 if left is None else max(0, q0 + off - left)
+    hi = sk if right is None else min(sk, q1 + off + right)
+    # keys before left_end are hidden from some query (the band's left edge)
+    left_end = lo if left is None else min(hi, max(lo, q1 - 1 + off - left))
+    if right is None:
+        pieces = [Piece(lo, left_end, "band"), Piece(left_end, hi, "full")]
+    else:
+        diagonal = q0 + off + right  # where query q0's view ends: the top-left causal edge
+        if diagonal < left_end:  # a window narrower than the block: one masked piece
+            return (Piece(lo, hi, "band"),)
+        start = min(hi, diagonal)
+        pieces = [Piece(lo, left_end, "band"), Piece(left_end, start, "full"),
+                  Piece(start, hi, "causal" if hi - start > 1 else "full")]
+    merged: list[Piece] = []
+    for piece in pieces:
+        if piece.k1 <= piece.k0:
+            continue
+        if merged and merged[-1].kind == piece.kind == "full":
+            merged[-1] = Piece(merged[-1].k0, piece.k1, "full")
+        else:
+            merged.append(piece)
+    return tuple(merged)
+
+
+# ---- masks of one piece --------------------------------------------------------------------
+
+
+_band_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_band_lock = threading.Lock()
+
+
+def _band_tile(spec: MaskSpec, block: Block, piece: Piece, dtype: torch.dtype,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The band's additive mask of a piece ``(rows, cols)`` (0 or -inf) and the rows it hides
+    every key from ``(rows,)``. The band depends only on the tile's shape and its distance from
+    the diagonal, so interior blocks share one cached tile."""
+    key = (block.q1 - block.q0, piece.k1 - piece.k0, piece.k0 - block.q0 - spec.offset,
+           spec.left, spec.right, dtype, device)
+    with _band_lock:
+        found = _band_cache.get(key)
+    if found is None:
+        rows = torch.arange(block.q0, block.q1, device=device)
+        cols = torch.arange(piece.k0, piece.k1, device=device)
+        seen = spec.band(rows, cols)  # (rows, cols)
+        tile = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(~seen,
+                                                                              float("-inf"))
+        found = (tile, ~seen.any(dim=-1))
+        with _band_lock:
+            if len(_band_cache) > 256:  # long-lived processes see many shapes
+                _band_cache.clear()
+            _band_cache[key] = found
+    return found
+
+
+def _piece_mask(spec: MaskSpec, block: Block, piece: Piece, work: torch.dtype,
+                device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The op's additive ``attn_mask`` for a piece, broadcastable to ``(B, Hq, rows, cols)``,
+    and the rows that see no key of the piece, broadcastable to ``(B, Hq, rows)`` (None: none).
+    """
+    rows, cols = slice(block.q0, block.q1), slice(piece.k0, piece.k1)
+    band = tile_empty = None
+    if piece.kind == "band":
+        band, tile_empty = _band_tile(spec, block, piece, work, device)
+    if spec.mask is None and spec.bias is None:
+        return band, tile_empty
+    additive = torch.zeros((), dtype=work, device=device)
+    if spec.bias is not None:
+        additive = _tile(spec.bias, rows, cols).to(work)  # (B|1, Hq|1, rows|1, cols|1)
+    if band is not None:
+        additive = additive + band
+    hidden = torch.isneginf(additive)
+    if spec.mask is not None:
+        hidden = hidden | ~_tile(spec.mask, rows, cols)
+    if piece.kind == "causal":  # (the op applies it; the empty rows must know it too)
+        n_rows, n_cols = block.q1 - block.q0, piece.k1 - piece.k0
+        hidden = hidden | torch.ones(n_rows, n_cols, dtype=torch.bool,
+                                     device=device).triu_(1)
+    additive = torch.where(hidden, torch.full((), float("-inf"), dtype=work, device=device),
+                           additive)  # (B|1, Hq|1, rows|1, cols|1)
+    return additive, hidden.all(dim=-1)  # (B|1, Hq|1, rows|1)
+
+
+def _tile(t: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+    """A 4-D ``(B|1, Hq|1, Sq|1, Sk|1)`` tensor cut to a tile; broadcast dims stay size 1."""
+    if t.shape[2] != 1:
+        t = t[:, :, rows]
+    return t if t.shape[3] == 1 else t[:, :, :, cols]
+
+
+# ---- forward -------------------------------------------------------------------------------
+
+
+def _padded(q, k, v, extra: int = 0, native: bool = False):
+    """q, k, v in the work dtype (``native``: their own) with one head size
+    ``E = max(D, Dv) + extra`` (zero columns: no score changes, extra outputs are dropped)."""
+    work = q.dtype if native else work_dtype(q.dtype)
+    d, dv = q.shape[-1], v.shape[-1]
+    e = max(d, dv) + extra
+    q, k, v = q.to(work), k.to(work), v.to(work)
+    if e != d:
+        q = torch.nn.functional.pad(q, (0, e - d))
+        k = torch.nn.functional.pad(k, (0, e - d))
+    if e != dv:
+        v = torch.nn.functional.pad(v, (0, e - dv))
+    return q, k, v
+
+
+def _forward(q, k, v, spec: MaskSpec, scale: float, native: bool = False):
+    """``(out, lse)``: out ``(B, Hq, Sq, Dv)`` in the work dtype (``native``: q's dtype, when
+    there is one piece), lse ``(B, Hq, Sq)``."""
+    forward_op, _ = _OPS
+    b, hq, sq, _ = q.shape
+    dv = v.shape[-1]
+    qw, kw, vw = _padded(q, k, v, native=native)
+    work = work_dtype(q.dtype)
+    blocks = plan(spec) if b * hq else []  # (the op is never called on empty batches or heads)
+    if len(blocks) == 1 and blocks[0].q0 == 0 and blocks[0].q1 == sq:
+        out, lse = _attend_block(forward_op, qw, kw, vw, spec, scale, blocks[0])
+        return out[..., :dv], lse
+    out = qw.new_zeros(b, hq, sq, dv, dtype=work)
+    lse = qw.new_full((b, hq, sq), float("-inf"), dtype=_lse_dtype(work))
+    for block in blocks:
+        part, part_lse = _attend_block(forward_op, qw[:, :, block.q0:block.q1], kw, vw, spec,
+                                       scale, block)
+        out[:, :, block.q0:block.q1] = part[..., :dv]
+        lse[:, :, block.q0:block.q1] = part_lse
+    return out, lse
+
+
+def _lse_dtype(work: torch.dtype) -> torch.dtype:
+    return torch.float64 if work == torch.float64 else torch.float32
+
+
+def _attend_block(forward_op, q_rows, kw, vw, spec: MaskSpec, scale: float, block: Block):
+    """One block's ``(out (B, Hq, rows, E), lse (B, Hq, rows))`` over its pieces, merged."""
+    result = None
+    for piece in block.pieces:
+        mask, empty = _piece_mask(spec, block, piece, q_rows.dtype, q_rows.device)
+        out, lse = forward_op(q_rows, kw[:, :, piece.k0:piece.k1], vw[:, :, piece.k0:piece.k1],
+                              0.0, piece.kind == "causal", attn_mask=mask, scale=scale)
+        if empty is not None:
+            # the op gives lse = 0 (out = 0) to a row that saw no key; the contract says -inf
+            lse = lse.masked_fill(empty, float("-inf"))
+        if len(block.pieces) > 1:
+            out = out.to(work_dtype(out.dtype))  # merged in float32, rounded once at the end
+        result = (out, lse) if result is None else merge(*result, out, lse)
+    return result
+
+
+# ---- backward ------------------------------------------------------------------------------
+
+
+def _backward(q, k, v, out_work, lse, dout, dlse, spec: MaskSpec, scale: float):
+    """Gradients of q, k, v from the saved work-dtype ``out (B, Hq, Sq, Dv)`` and ``lse`` and the
+    incoming ``dout (B, Hq, Sq, Dv)`` and ``dlse (B, Hq, Sq)`` (either may be None)."""
+    _, backward_op = _OPS
+    d, dv = q.shape[-1], v.shape[-1]
+    with_lse = dlse is not None
+    qw, kw, vw = _padded(q, k, v, extra=int(with_lse))
+    work, e = qw.dtype, qw.shape[-1]
+    out_e = _widened(out_work.to(work), e)
+    dout_e = _widened(dout.to(work), e) if dout is not None else out_e.new_zeros(out_e.shape)
+    if with_lse:
+        # dS = P * (dP - rowsum(dO * O)) with rowsum(dO * O) lowered by dlse: the lse's own term
+        out_e[..., -1] = 1.0
+        dout_e[..., -1] = -dlse.to(work)
+    # rows that saw nothing: any finite lse makes their P = exp(-inf - lse) = 0, never NaN
+    lse_op = lse.masked_fill(torch.isneginf(lse), 0.0)
+    calls = [(block, piece) for block in (plan(spec) if q.shape[0] * q.shape[1] else [])
+             for piece in block.pieces]
+    if len(calls) == 1 and calls[0][0].q1 - calls[0][0].q0 == spec.sq and (
+            calls[0][1].k1 - calls[0][1].k0 == spec.sk):
+        block, piece = calls[0]  # one call covers everything: its gradients are the answer
+        mask, _ = _piece_mask(spec, block, piece, work, q.device)
+        dq, dk, dvv = backward_op(dout_e, qw, kw, vw, out_e, lse_op, 0.0, piece.kind == "causal",
+                                  attn_mask=mask, scale=scale)
+    else:
+        dq, dk, dvv = torch.zeros_like(qw), torch.zeros_like(kw), torch.zeros_like(vw)
+        for block, piece in calls:
+            mask, _ = _piece_mask(spec, block, piece, work, q.device)
+            rows, keys = slice(block.q0, block.q1), slice(piece.k0, piece.k1)
+            gq, gk, gv = backward_op(dout_e[:, :, rows], qw[:, :, rows], kw[:, :, keys],
+                                     vw[:, :, keys], out_e[:, :, rows], lse_op[:, :, rows], 0.0,
+                                     piece.kind == "causal", attn_mask=mask, scale=scale)
+            dq[:, :, rows] += gq
+            dk[:, :, keys] += gk
+            dvv[:, :, keys] += gv
+    return (dq[..., :d].to(q.dtype), dk[..., :d].to(k.dtype), dvv[..., :dv].to(v.dtype))
+
+
+def _widened(x: torch.Tensor, e: int) -> torch.Tensor:
+    """``x (..., Dv)`` with zero columns up to ``e`` (a new tensor when any are added)."""
+    return x if x.shape[-1] == e else torch.nn.functional.pad(x, (0, e - x.shape[-1]))
+
+
+class _FusedCPUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, spec: MaskSpec, scale: float):
+        ctx.set_materialize_grads(False)  # dlse is None unless a loss reads the lse
+        out_work, lse = _forward(q, k, v, spec, scale)
+        # the backward's rowsum(dO * O) reads the work-dtype output, not the one rounded to q's
+        ctx.save_for_backward(q, k, v, out_work, lse)
+        ctx.spec, ctx.scale = spec, scale
+        return out_work.to(q.dtype), lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out_work, lse = ctx.saved_tensors
+        if dout is None and dlse is None:
+            return None, None, None, None, None
+        dq, dk, dv = _backward(q, k, v, out_work, lse, dout, dlse, ctx.spec, ctx.scale)
+        return dq, dk, dv, None, None
+
+
+# ---- forward and backward apart, for the custom op torch.compile sees (compiled.py) ----------
+
+
+def _split_forward(q, k, v, spec: MaskSpec, scale: float, needs_grad: bool):
+    """``(out, lse, residuals)``: the work-dtype output when it is not ``out`` itself."""
+    if not needs_grad:
+        out, lse = fused_cpu_attention(q, k, v, spec, scale)
+        return out, lse, []
+    out_work, lse = _forward(q, k, v, spec, scale)
+    out = out_work.to(q.dtype)
+    return out, lse, [] if out_work.dtype == q.dtype else [out_work]
+
+
+def _split_backward(q, k, v, spec: MaskSpec, scale: float, out, lse, residuals, dout, dlse,
+                    bias_grad: bool):
+    out_work = residuals[0] if residuals else out
+    if dout is None and dlse is None:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None
+    return (*_backward(q, k, v, out_work, lse, dout, dlse, spec, scale), None)
+
+
+def _residuals_like(q, k, v, spec: MaskSpec, needs_grad: bool):
+    work = work_dtype(q.dtype)
+    if not needs_grad or work == q.dtype:
+        return []
+    return [q.new_empty(*q.shape[:3], v.shape[-1], dtype=work)]
+
+
+SPLIT = Split(_split_forward, _split_backward, _residuals_like)
