@@ -1,13 +1,16 @@
 """``attention()``, ``pattern()`` and the backend registry.
 
 Every backend gets the same validated inputs (a ``MaskSpec``) and either computes the call exactly
-or refuses with a message naming a backend that can; no option is ever silently ignored.
+or refuses with a message naming a backend that can; no option is ever silently ignored. The
+options that change the softmax itself (soft-capping, sinks, dropout) reach only backends that
+list them in ``Backend.options``: a backend registered without them is never given them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import math
 import numbers
 import operator
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 
 from attnkit.errors import AttnkitError, BackendUnsupportedError, InputTypeError
-from attnkit.kernels import blockwise, fused_cpu
+from attnkit.kernels import blockwise, dropout, fused_cpu
 from attnkit.kernels.blockwise import LOG2E, blockwise_attention
 from attnkit.kernels.compiled import Split, compiled_attention
 from attnkit.kernels.fused_cpu import fused_cpu_attention, fused_cpu_unsupported
@@ -40,10 +43,13 @@ class Backend:
 
     ``kernel(q, k, v, spec, scale) -> (out, lse or None)``; ``unsupported(spec, return_lse, q)``
     says why a call cannot be done (None when it can); higher ``priority`` wins under
-    ``backend=None``; ``auto`` backends take part in that automatic choice; ``devices`` are the
-    device types it runs on ("cpu", "cuda"); the automatic choice only looks at those of the
-    call's device. ``split``: its forward and backward as separate functions, for the custom op
-    torch.compile sees (compiled.py); a backend without one is traced by torch.compile.
+    ``backend=None``; ``auto`` backends take part in that automatic choice. ``options`` names
+    the softmax options the kernel implements (``SCORE_OPTIONS``: "softcap", "sinks",
+    "dropout"); a call using any other one is refused before ``unsupported`` is asked.
+    ``devices`` are the device types it runs on ("cpu", "cuda"); the automatic choice only
+    looks at those of the call's device. ``split``: its forward and backward as separate
+    functions, for the custom op torch.compile sees (compiled.py); a backend without one is
+    traced by torch.compile.
     """
 
     name: str
@@ -52,8 +58,12 @@ class Backend:
     priority: int = 0
     auto: bool = True
     description: str = ""
+    options: frozenset[str] = frozenset()
     devices: tuple[str, ...] = ("cpu", "cuda")
     split: Split | None = None
+
+
+SCORE_OPTIONS = frozenset({"softcap", "sinks", "dropout"})
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -114,6 +124,10 @@ def attention(
     mask: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     scale: float | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    dropout_seed: int | None = None,
     return_lse: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -137,6 +151,21 @@ def attention(
         bias: additive float, broadcastable to ``(B, Hq, Sq, Sk)``; gets a gradient if it
             requires one.
         scale: multiplies the dot products; default ``1/sqrt(D)``.
+        softcap: a number > 0: each scaled score ``s`` becomes ``softcap * tanh(s / softcap)``
+            before the bias and the mask are applied (Gemma 2's logit soft-capping).
+        sinks: ``(Hq,)`` float, one logit per query head added to every row's softmax
+            denominator with no value (GPT-OSS's ``sinks``/``s_aux``): the probabilities of a row
+            sum to less than 1 and the lse includes the sink, so ``pattern()`` gives the
+            weights eager attention returns. A query that sees no key still gets zeros, and
+            ``lse = sinks[h]`` (finite). Gets a gradient if it requires one. When partial results
+            are combined with ``merge``, pass ``sinks`` to exactly one of the partial calls.
+        dropout_p: in ``[0, 1)``: each probability is dropped with this chance after the softmax
+            and the kept ones scaled by ``1 / (1 - dropout_p)``; applied whenever it is > 0 (pass
+            0 at evaluation). The lse stays the one before dropout.
+        dropout_seed: an int in ``[0, 2**63)`` that, with each ``(batch, head, query, key)``
+            position, decides what is dropped (``attnkit.kernels.dropout``; every backend draws
+            the same mask). None draws one from torch's default generator, so
+            ``torch.manual_seed`` makes calls reproducible. Unused when ``dropout_p == 0``.
         return_lse: also return the log-sum-exp of each query's scaled scores.
         backend: ``"fused"``, ``"blockwise"``, ``"reference"``, ``"sdpa"``, the CUDA ones or any
             registered name (``attnkit.backends()`` lists them and where they run); None picks
@@ -146,10 +175,14 @@ def attention(
     Returns:
         ``out (B, Hq, Sq, Dv)`` in q's dtype; with ``return_lse`` also ``lse (B, Hq, Sq)``, float32
         (float64 for float64 inputs), natural log. A query that sees no key gets zeros and
-        ``lse = -inf``.
+        ``lse = -inf`` (``sinks[h]`` with sinks).
     """
-    spec, scale = validate(q, k, v, causal=causal, window=window, mask=mask, bias=bias, scale=scale)
+    spec, scale = validate(q, k, v, causal=causal, window=window, mask=mask, bias=bias, scale=scale,
+                           softcap=softcap, sinks=sinks, dropout_p=dropout_p,
+                           dropout_seed=dropout_seed)
     _check_flag("return_lse", return_lse)
+    if spec.dropout_p > 0 and spec.dropout_seed is None:
+        spec = dataclasses.replace(spec, dropout_seed=dropout.draw_seed())
     chosen = _choose(backend, spec, return_lse, q)
     if chosen.split is not None and torch.compiler.is_compiling():
         # one opaque node with its own fake implementation and autograd (compiled.py)
@@ -166,19 +199,19 @@ def _choose(name: str | None, spec: MaskSpec, return_lse: bool, q: torch.Tensor)
         name = _SCOPED.get()
     if name is not None:
         chosen = _lookup(name)
-        why = chosen.unsupported(spec, return_lse, q)
+        why = _refusal(chosen, spec, return_lse, q)
         if why is None and not _runs_on(chosen, q.device):
             why = f"tensors on {q.device} (it runs on {', '.join(chosen.devices)})"
         if why is not None:
             able = [b.name for b in _REGISTRY.values() if _runs_on(b, q.device)
-                    and b.unsupported(spec, return_lse, q) is None]
+                    and _refusal(b, spec, return_lse, q) is None]
             raise BackendUnsupportedError(
                 f"backend {name!r} does not support {why}; "
                 f"use backend={able[0]!r} (backends that can: {', '.join(able)})")
         return chosen
     for candidate in sorted(_REGISTRY.values(), key=lambda b: -b.priority):
         if (candidate.auto and _runs_on(candidate, q.device)
-                and candidate.unsupported(spec, return_lse, q) is None):
+                and _refusal(candidate, spec, return_lse, q) is None):
             return candidate
     raise AttnkitError(f"no registered backend supports this call on {q.device}; "
                        f"backends there: {', '.join(backends(q.device)) or 'none'}")
@@ -189,9 +222,32 @@ def _runs_on(backend: Backend, device: torch.device) -> bool:
     return device.type in backend.devices or device.type == "meta"
 
 
-def validate(q, k, v, *, causal=False, window=None, mask=None, bias=None, scale=None):
+def _refusal(backend: Backend, spec: MaskSpec, return_lse: bool, q: torch.Tensor) -> str | None:
+    """Why ``backend`` cannot do the call: its own reason first (it may know a better one), then
+    any softmax option it does not list in ``options``."""
+    why = backend.unsupported(spec, return_lse, q)
+    if why is not None:
+        return why
+    for option in spec.score_options:
+        if option not in backend.options:
+            return f"{_describe(option, spec)} (not implemented by this backend)"
+    return None
+
+
+def _describe(option: str, spec: MaskSpec) -> str:
+    """An option as the caller wrote it, for messages."""
+    if option == "softcap":
+        return f"softcap={spec.softcap}"
+    if option == "sinks":
+        return f"sinks (a ({spec.hq},) tensor)"
+    return f"dropout_p={spec.dropout_p}"
+
+
+def validate(q, k, v, *, causal=False, window=None, mask=None, bias=None, scale=None,
+             softcap=None, sinks=None, dropout_p=0.0, dropout_seed=None):
     """Check shapes, dtypes, devices and options; return ``(MaskSpec, scale)`` or raise an
-    ``AttnkitError`` (``InputTypeError`` for a wrong type) that names the problem and the fix."""
+    ``AttnkitError`` (``InputTypeError`` for a wrong type) that names the problem and the fix.
+    The spec's ``dropout_seed`` is the one given (possibly None: ``attention`` draws one)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise InputTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -241,8 +297,13 @@ def validate(q, k, v, *, causal=False, window=None, mask=None, bias=None, scale=
         scale = 1.0 / math.sqrt(d) if d > 0 else 1.0  # D = 0: every score is 0 whatever the scale
     else:
         scale = _check_scale(scale)
+    softcap = None if softcap is None else _check_softcap(softcap)
+    sinks = _check_sinks(sinks, hq, q.device)
+    dropout_p = _check_dropout_p(dropout_p)
+    dropout_seed = _check_seed(dropout_seed)
     spec = MaskSpec(sq=sq, sk=sk, hq=hq, hkv=hkv, causal=bool(causal), window=window, mask=mask,
-                    bias=bias)
+                    bias=bias, softcap=softcap, sinks=sinks, dropout_p=dropout_p,
+                    dropout_seed=dropout_seed)
     return spec, scale
 
 
@@ -255,21 +316,76 @@ def _check_flag(name: str, value) -> None:
 
 def _check_scale(scale) -> float:
     """A Python or numpy number, or a 0-d tensor, as a finite float."""
-    if isinstance(scale, torch.Tensor):
-        if scale.dim() != 0 or scale.is_complex() or scale.dtype == torch.bool:
-            raise InputTypeError(f"scale must be a number or a 0-d real tensor; got a "
-                                 f"{scale.dtype} tensor of shape {tuple(scale.shape)}")
-        if scale.requires_grad:
-            raise InputTypeError("scale is a tensor that requires grad, but no gradient flows "
-                                 "to scale; pass scale=float(scale) (or fold a learned scale "
-                                 "into q)")
-    elif isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
-        raise InputTypeError(f"scale must be a real number, e.g. scale=0.125; got {scale!r} "
-                             f"({type(scale).__name__})")
-    value = float(scale)
+    value = _real("scale", scale, "scale=0.125")
     if not math.isfinite(value):
         raise AttnkitError(f"scale must be a finite number; got {value!r}. Leave scale=None for "
                            "1/sqrt(head_dim)")
+    return value
+
+
+def _real(name: str, x, example: str) -> float:
+    """A Python or numpy real number, or a 0-d real tensor that needs no gradient, as a float."""
+    if isinstance(x, torch.Tensor):
+        if x.dim() != 0 or x.is_complex() or x.dtype == torch.bool:
+            raise InputTypeError(f"{name} must be a number or a 0-d real tensor; got a "
+                                 f"{x.dtype} tensor of shape {tuple(x.shape)}")
+        if x.requires_grad:
+            raise InputTypeError(f"{name} is a tensor that requires grad, but no gradient flows "
+                                 f"to {name}; pass {name}=float({name})"
+                                 + (" (or fold a learned scale into q)" if name == "scale"
+                                    else ""))
+    elif isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        raise InputTypeError(f"{name} must be a real number, e.g. {example}; got {x!r} "
+                             f"({type(x).__name__})")
+    return float(x)
+
+
+def _check_softcap(softcap) -> float:
+    value = _real("softcap", softcap, "softcap=50.0")
+    if not (math.isfinite(value) and value > 0):
+        raise AttnkitError(f"softcap must be a finite number > 0 (scores become "
+                           f"softcap * tanh(score / softcap), e.g. softcap=50.0); got {value!r}. "
+                           "Pass softcap=None for no capping")
+    return value
+
+
+def _check_sinks(sinks, hq: int, device: torch.device) -> torch.Tensor | None:
+    if sinks is None:
+        return None
+    if not isinstance(sinks, torch.Tensor):
+        raise InputTypeError(f"sinks must be a torch.Tensor of shape (Hq,) = ({hq},), one logit "
+                             f"per query head, or None; got {type(sinks).__name__}")
+    if not sinks.is_floating_point():
+        raise InputTypeError(f"sinks must be a floating-point tensor (one logit per query "
+                             f"head); got {sinks.dtype}")
+    if tuple(sinks.shape) != (hq,):
+        raise AttnkitError(f"sinks must have shape (Hq,) = ({hq},), one logit per query head; "
+                           f"got {tuple(sinks.shape)}. A model's per-head sinks of shape "
+                           f"(1, {hq}, 1, 1) can be passed as sinks.reshape(-1)")
+    if sinks.device != device:
+        raise AttnkitError(f"sinks is on {sinks.device} but q is on {device}; "
+                           "move it with .to(q.device)")
+    return sinks
+
+
+def _check_dropout_p(p) -> float:
+    value = _real("dropout_p", p, "dropout_p=0.1")
+    if not 0.0 <= value < 1.0:
+        raise AttnkitError(f"dropout_p must be in [0, 1) (the chance that a probability is "
+                           f"dropped); got {value!r}. Pass dropout_p=0.0 for no dropout")
+    return value
+
+
+def _check_seed(seed) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not hasattr(seed, "__index__"):
+        raise InputTypeError(f"dropout_seed must be an int in [0, 2**63) or None (drawn from "
+                             f"torch's generator); got {seed!r} ({type(seed).__name__})")
+    value = operator.index(seed)
+    if not 0 <= value < dropout.SEED_LIMIT:
+        raise AttnkitError(f"dropout_seed must be an int in [0, 2**63); got {value}. "
+                           "Reduce it, e.g. dropout_seed % 2**63")
     return value
 
 
@@ -324,22 +440,38 @@ def pattern(
     mask: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     scale: float | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    dropout_seed: int | None = None,
     rows: Index | None = None,
     cols: Index | None = None,
 ) -> torch.Tensor:
     """Exact attention probabilities for a slice of queries (rows) and keys (cols).
 
-    Recomputed as ``exp(q_i . k_j * scale + bias - lse_i)`` from the inputs of a call to
-    ``attention(..., return_lse=True)`` and the same options; costs only the slice asked for.
+    Recomputed as ``exp(q_i . k_j * scale + bias - lse_i)`` (the score soft-capped first with
+    ``softcap``) from the inputs of a call to ``attention(..., return_lse=True)`` and the same
+    options; costs only the slice asked for. Differentiable: gradients reach q, k and bias, and
+    through the lse (when it comes from ``attention`` on the autograd graph) q, k, bias and sinks
+    again, as the gradients of eager attention's softmax weights do.
 
     Args:
         q ``(B, Hq, Sq, D)``, k ``(B, Hkv, Sk, D)``, lse ``(B, Hq, Sq)``.
+        sinks: accepted so that ``attention()``'s options can be passed unchanged; the lse of a
+            call with sinks already includes them (its rows here sum to less than 1, as eager's
+            weights do), so they change nothing here.
+        dropout_p, dropout_seed: 0 (the default) gives the probabilities before dropout. With
+            ``dropout_p > 0`` and the seed the call used, the weights after dropout: dropped
+            cells 0, kept ones scaled by ``1 / (1 - dropout_p)`` — what transformers' eager
+            attention returns as ``output_attentions`` in training (its ``attn_weights`` are
+            taken after ``nn.functional.dropout``). The seed must then be given: the one a call
+            drew for itself is not kept (pass ``dropout_seed=`` to both calls).
         rows, cols: a ``slice`` (any step, negative too) or a 1-D list/LongTensor of positions;
             None means all.
 
     Returns:
         ``(B, Hq, R, C)`` float32 (float64 for float64 inputs), ``[query, key]``; hidden keys and
-        queries that see no key give 0. A full row sums to 1.
+        queries that see no key give 0. A full row sums to 1 (less with sinks).
 
     Accuracy: the probabilities are as exact as the float32 ``lse`` they are given. Its rounding
     (half a unit in its last place) shifts every probability of a row by a relative
@@ -354,8 +486,13 @@ def pattern(
     have this limit; float64 inputs give a float64 lse.
     """
     spec, scale = validate(q, k, k[..., :1], causal=causal, window=window, mask=mask, bias=bias,
-                           scale=scale)
+                           scale=scale, softcap=softcap, sinks=sinks, dropout_p=dropout_p,
+                           dropout_seed=dropout_seed)
     _check_lse(lse, q)
+    if spec.dropout_p > 0 and spec.dropout_seed is None:
+        raise AttnkitError(f"pattern(): dropout_p={spec.dropout_p} needs the dropout_seed the "
+                           "attention call used (pass the same dropout_seed= to both); for the "
+                           "probabilities before dropout pass dropout_p=0")
     rows = slice(None) if rows is None else _check_index("rows", rows, spec.sq, q.device)
     cols = slice(None) if cols is None else _check_index("cols", cols, spec.sk, q.device)
     work = work_dtype(q.dtype)
@@ -366,9 +503,12 @@ def pattern(
     n_rows = q_rows.shape[2]
     # scored exactly as the blockwise kernel scored when it made lse (base 2, q scaled first,
     # bias added with alpha), so s - lse repeats the kernel's rounding instead of adding its own
-    q5 = q_rows.to(work).view(b, spec.hkv, g, n_rows, d) * (scale * LOG2E)  # (B, Hkv, G, R, D)
+    q_factor = scale * LOG2E if spec.softcap is None else scale / spec.softcap
+    q5 = q_rows.to(work).view(b, spec.hkv, g, n_rows, d) * q_factor  # (B, Hkv, G, R, D)
     kt = k_cols.to(work).unsqueeze(2).transpose(-1, -2)  # (B, Hkv, 1, D, C)
     s = torch.matmul(q5, kt).permute(0, 1, 3, 2, 4)  # (B, Hkv, R, G, C), as masks.py slices
+    if spec.softcap is not None:
+        s = torch.tanh(s) * (spec.softcap * LOG2E)
     bias_t = spec.tile_bias(rows, cols)
     if bias_t is not None:
         s = s.add(bias_t.to(work), alpha=LOG2E)
@@ -385,7 +525,19 @@ def pattern(
     visible = spec.tile_mask(rows, cols, q.device)
     if visible is not None:
         p = p.masked_fill(~visible, 0.0)
-    return p.permute(0, 1, 3, 2, 4).reshape(b, hq, p.shape[2], p.shape[4])
+    p = p.permute(0, 1, 3, 2, 4).reshape(b, hq, p.shape[2], p.shape[4])  # (B, Hq, R, C)
+    if spec.dropout_p > 0:
+        row_keys = dropout.row_keys(spec.dropout_seed, b, hq, spec.sq, q.device)  # (B, Hq, Sq)
+        row_keys = _take_index(row_keys, 2, rows)[..., None]  # (B, Hq, R, 1)
+        key_keys = _take_index(dropout.key_keys(spec.dropout_seed, spec.sk, q.device), 0, cols)
+        gone = dropout.dropped(row_keys, key_keys, spec.dropout_p)  # (B, Hq, R, C)
+        p = p.masked_fill(gone, 0.0) * dropout.keep_scale(spec.dropout_p)
+    return p
+
+
+def _take_index(t: torch.Tensor, dim: int, index: Index) -> torch.Tensor:
+    return t[(slice(None),) * dim + (index,)] if isinstance(index, slice) \
+        else t.index_select(dim, index)
 
 
 def _check_lse(lse, q: torch.Tensor) -> None:
@@ -441,7 +593,8 @@ def _supports_everything(spec: MaskSpec, return_lse: bool, q: torch.Tensor) -> N
 
 register_backend(Backend("blockwise", blockwise_attention, _supports_everything, priority=10,
                          description="tiles, online softmax, linear memory, own backward; the "
-                                     "readable, fully general kernel", split=blockwise.SPLIT))
+                                     "readable, fully general kernel", options=SCORE_OPTIONS,
+                         split=blockwise.SPLIT))
 register_backend(Backend("fused", fused_cpu_attention, fused_cpu_unsupported, priority=20,
                          description="torch's fused CPU flash kernel, with the lse, on the tiles "
                                      "the band leaves visible", devices=("cpu",),
@@ -450,4 +603,5 @@ register_backend(Backend("sdpa", sdpa_attention, lambda spec, lse, q: sdpa_unsup
                          priority=5, auto=False,
                          description="torch.nn.functional.scaled_dot_product_attention"))
 register_backend(Backend("reference", reference_attention, _supports_everything, priority=0,
-                         description="materialized scores in the input dtype; the float64 oracle"))
+                         description="materialized scores in the input dtype; the float64 oracle",
+                         options=SCORE_OPTIONS))

@@ -10,6 +10,12 @@ lse: at ``|lse| ~ 1e4`` a float32 lse is off by ~1e-3, and so would every ``P`` 
 each tile's probabilities ``P = exp2(S - m) / l`` and accumulate ``dQ, dK, dV`` (and ``dBias``)
 tile by tile; neither pass ever holds an ``Sq x Sk`` tensor. The lse is differentiable too.
 
+Soft-capping (``softcap``) is applied to each tile's scores as they are made (the backward keeps
+the tile's ``1 - tanh**2`` for the chain rule); sinks join each row's max and sum once, after the
+last key tile (their gradient is a row-vector sum in the backward); dropout regenerates each
+tile's mask from its seed (``kernels.dropout``) in both passes. Options left at their defaults
+add no work to any tile.
+
 Internally queries are "grouped rows": ``(B, Hkv, Sq*G, D)`` where row ``i*G + g`` is query ``i``
 of head ``hkv*G + g``, so grouped-query heads share one key tile in a single matmul.
 Work is spread over ``torch.get_num_threads()`` Python threads, each running single-threaded
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from attnkit.kernels import dropout
 from attnkit.kernels.compiled import Split
 from attnkit.kernels.masks import MaskSpec
 from attnkit.kernels.reference import reference_attention
@@ -52,9 +59,10 @@ def blockwise_attention(
     if spec.mask is not None and spec.mask.device.type != "meta" and bool(spec.mask.all()):
         spec = dataclasses.replace(spec, mask=None)  # e.g. a padding mask of an unpadded batch
     bias_grad = spec.bias is not None and spec.bias.requires_grad
-    needs_grad = q.requires_grad or k.requires_grad or v.requires_grad or bias_grad
+    sinks_grad = spec.sinks is not None and spec.sinks.requires_grad
+    needs_grad = q.requires_grad or k.requires_grad or v.requires_grad or bias_grad or sinks_grad
     if torch.is_grad_enabled() and needs_grad:
-        return _BlockwiseFunction.apply(q, k, v, spec.bias, spec, scale)
+        return _BlockwiseFunction.apply(q, k, v, spec.bias, spec.sinks, spec, scale)
     out, m, l = _forward(q, k, v, spec, scale)
     return _ungrouped(out, spec.hq).to(q.dtype), _lse(m, l, spec.hq)
 
@@ -87,6 +95,29 @@ def _prepare(q, k, v, spec: MaskSpec):
     No copies for float32 inputs without groups: memory stays linear and small."""
     work = work_dtype(q.dtype)
     return _grouped(q.to(work), spec.hkv), k.to(work), v.to(work)
+
+
+def _q_factor(spec: MaskSpec, scale: float) -> float:
+    """What q is multiplied by before its dot products: ``scale * log2(e)`` (scores in base 2),
+    or ``scale / softcap``, whose products go through ``tanh`` and then ``softcap * log2(e)``."""
+    return scale * LOG2E if spec.softcap is None else scale / spec.softcap
+
+
+def _dropout_keys(spec: MaskSpec, batch: int, device: torch.device):
+    """``(row keys (B, Hkv, Sq*G, 1), key keys (Sk,))`` of the call's dropout mask in grouped
+    rows, or None without dropout."""
+    if spec.dropout_p == 0:
+        return None
+    rows = dropout.row_keys(spec.dropout_seed, batch, spec.hq, spec.sq, device)  # (B, Hq, Sq)
+    return _grouped(rows.unsqueeze(-1), spec.hkv), dropout.key_keys(spec.dropout_seed, spec.sk,
+                                                                     device)
+
+
+def _sink_rows(spec: MaskSpec, work: torch.dtype) -> torch.Tensor:
+    """``(1, Hkv, Sq*G, 1)``: each grouped row's sink logit in base 2."""
+    g = spec.groups
+    sinks = spec.sinks.detach().to(work).view(1, spec.hkv, 1, g) * LOG2E
+    return sinks.expand(1, spec.hkv, spec.sq, g).reshape(1, spec.hkv, spec.sq * g, 1)
 
 
 # ---- which tiles, on which thread ----------------------------------------------------------------
@@ -188,7 +219,9 @@ class _TileScores:
         return band or self.spec.mask is not None or self.spec.bias is not None
 
     def __call__(self, qt: torch.Tensor, kt: torch.Tensor, item: _Item, k0: int, k1: int,
-                 band: bool) -> torch.Tensor:
+                 band: bool, slope: torch.Tensor | None = None) -> torch.Tensor:
+        """The tile's base-2 scores; with softcap, ``slope`` (same shape) receives
+        ``1 - tanh**2``, the derivative of each capped score by its uncapped one."""
         spec = self.spec
         b, h, rows, d = qt.shape
         cols = kt.shape[-2]
@@ -196,7 +229,12 @@ class _TileScores:
         # every size spelled out: with D = 0 (scores all 0) a -1 would be ambiguous
         torch.bmm(qt.reshape(b * h, rows, d), kt.reshape(b * h, cols, d).transpose(1, 2),
                   out=s.view(b * h, rows, cols))
-        # (q carries scale * log2(e))
+        # (q carries _q_factor: scale * log2(e), or scale / softcap)
+        if spec.softcap is not None:  # before bias and masks, as Gemma 2 caps
+            s.tanh_()
+            if slope is not None:
+                torch.mul(s, s, out=slope).neg_().add_(1.0)
+            s.mul_(spec.softcap * LOG2E)
         s5 = s.view(b, h, item.q1 - item.q0, spec.groups, cols)  # (b, Hkv, tq, G, tk)
         rows, keys = slice(item.q0, item.q1), slice(k0, k1)
         if spec.bias is not None:
@@ -247,10 +285,12 @@ def _forward(q, k, v, spec: MaskSpec, scale: float):
     b, hkv, _, _ = qg.shape
     g, dv = spec.groups, v.shape[-1]
     scores = _TileScores(spec, q.device)
+    q_factor = _q_factor(spec, scale)
+    drop = _dropout_keys(spec, b, q.device)
 
     def attend_tile(item: _Item) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = slice(item.q0 * g, item.q1 * g)
-        qt = qg[item.b0 : item.b1, :, rows] * (scale * LOG2E)  # (b, Hkv, tq*G, D)
+        qt = qg[item.b0 : item.b1, :, rows] * q_factor  # (b, Hkv, tq*G, D)
         # online softmax in base 2: running max m, running sum l, unnormalized output acc
         m_run = l_run = acc = None
         for k0, k1, band in item.keys:
@@ -265,11 +305,15 @@ def _forward(q, k, v, spec: MaskSpec, scale: float):
                 base = m_new.masked_fill(torch.isneginf(m_new), 0.0)
             p = s.sub_(base).exp2_()  # (b, Hkv, tq*G, tk) unnormalized probabilities
             vt = vw[item.b0 : item.b1, :, k0:k1]
+            l_tile = p.sum(dim=-1, keepdim=True)  # the softmax's sum is taken before dropout
+            if drop is not None:
+                p.masked_fill_(dropout.dropped(drop[0][item.b0 : item.b1, :, rows],
+                                               drop[1][k0:k1], spec.dropout_p), 0.0)
             if m_run is None:
-                l_run, acc = p.sum(dim=-1, keepdim=True), torch.matmul(p, vt)
+                l_run, acc = l_tile, torch.matmul(p, vt)
             else:
                 alpha = (m_run - base).exp2_()  # rescales what earlier tiles summed (0 if none)
-                l_run = torch.addcmul(p.sum(dim=-1, keepdim=True), l_run, alpha)
+                l_run = torch.addcmul(l_tile, l_run, alpha)
                 acc.mul_(alpha)
                 bh = acc.shape[0] * acc.shape[1]  # (no -1: Dv may be 0)
                 acc.view(bh, *acc.shape[2:]).baddbmm_(p.view(bh, *p.shape[2:]),
@@ -293,7 +337,23 @@ def _forward(q, k, v, spec: MaskSpec, scale: float):
             part = _combine((out[where], m[where], l[where]), part)
         written.add((item.b0, item.q0))
         out[where], m[where], l[where] = part
+    if drop is not None:
+        out.mul_(dropout.keep_scale(spec.dropout_p))
+    if spec.sinks is not None:
+        out, m, l = _with_sinks(out, m, l, _sink_rows(spec, out.dtype))
     return out, m, l
+
+
+def _with_sinks(out, m, l, sink):
+    """``(out, m, l)`` with each row's sink logit ``sink`` (base 2, broadcast to m) joined to its
+    max and sum: the keys' share of the sum scales ``out``. A row that saw no key keeps out 0,
+    and gets ``m = sink, l = 1``."""
+    m_new = torch.maximum(m, sink)  # (B, Hkv, Sq*G, 1)
+    base = m_new.masked_fill(torch.isneginf(m_new), 0.0)  # a sink of -inf: as without sinks
+    keys = (m - base).exp2_().mul_(l)  # the keys' part of the new sum (0 where none was seen)
+    l_new = keys + (sink - base).exp2_()
+    out = out * (keys / torch.where(l_new > 0, l_new, torch.ones_like(l_new)))
+    return out, m_new, l_new
 
 
 def _combine(first, second):
@@ -317,14 +377,18 @@ def _lse(m: torch.Tensor, l: torch.Tensor, hq: int) -> torch.Tensor:
 # ---- backward -------------------------------------------------------------------------------
 
 
-def _backward(q, k, v, out, m, l, dout, dlse, spec: MaskSpec, scale: float, bias_grad: bool):
+def _backward(q, k, v, out, m, l, dout, dlse, spec: MaskSpec, scale: float, bias_grad: bool,
+              sinks_grad: bool = False):
     """Gradients from the saved grouped float32 ``out (B, Hkv, Sq*G, Dv)`` and ``m, l
     (B, Hkv, Sq*G, 1)``, and the incoming ``dout (B, Hq, Sq, Dv)``, ``dlse (B, Hq, Sq)``.
 
     With ``P = exp2(S - m) / l`` and ``delta = rowsum(dO * O)``, the score gradient is
     ``dS = P * (dP - delta + dlse)`` (``dlse``: the lse's own gradient, ``d lse / dS = P``).
     The ``1 / l`` of ``P`` is folded into the row vectors ``dO / l`` and ``(delta - dlse) / l``,
-    so each tile costs what it did without it.
+    so each tile costs what it did without it. With dropout, ``dP`` is taken through the kept
+    cells (the tile's mask regenerated) times ``1 / (1 - p)``, which joins ``dO / l``; with
+    softcap the uncapped scores get ``dS * (1 - tanh**2)`` (the bias still gets ``dS``); a sink
+    ``sigma`` gets ``sum over its rows of P_sigma * (dlse - delta)``.
     """
     qg, kw, vw = _prepare(q, k, v, spec)
     work, g, b = qg.dtype, spec.groups, q.shape[0]
@@ -333,6 +397,10 @@ def _backward(q, k, v, out, m, l, dout, dlse, spec: MaskSpec, scale: float, bias
     # rows that saw no key have P = 0: exp2(-inf - 0) gives exactly that, and 1/l is taken as 0
     base = m.masked_fill(torch.isneginf(m), 0.0)
     inv_l = torch.where(l > 0, 1.0 / l, torch.zeros_like(l))  # (B, Hkv, Sq*G, 1)
+    q_factor = _q_factor(spec, scale)
+    drop = _dropout_keys(spec, b, q.device)
+    # dO / l is taken times what dropout scales the kept probabilities by
+    inv_l_dropped = inv_l if drop is None else inv_l * dropout.keep_scale(spec.dropout_p)
 
     dq = torch.zeros_like(qg)  # each item owns its rows of dQ
     dk, dv = torch.zeros_like(kw), torch.zeros_like(vw)  # shared: tiles add under the lock
@@ -342,23 +410,33 @@ def _backward(q, k, v, out, m, l, dout, dlse, spec: MaskSpec, scale: float, bias
 
     def grads_of_tile(item: _Item) -> None:
         bs, rows = slice(item.b0, item.b1), slice(item.q0 * g, item.q1 * g)
-        qt = qg[bs, :, rows] * (scale * LOG2E)  # (b, Hkv, tq*G, D)
+        qt = qg[bs, :, rows] * q_factor  # (b, Hkv, tq*G, D)
         dot, mt, inv_lt = dog[bs, :, rows], base[bs, :, rows], inv_l[bs, :, rows]
         delta = (dot * out[bs, :, rows]).sum(dim=-1, keepdim=True)  # rowsum(dO * O), (.., 1)
         delta_l = (delta - dlseg[bs, :, rows]).mul_(inv_lt)  # (delta - dlse) / l
-        dot_l = dot * inv_lt  # (b, Hkv, tq*G, Dv): dO / l
+        dot_l = dot * inv_l_dropped[bs, :, rows]  # (b, Hkv, tq*G, Dv): dO / l (/ (1 - p))
         dq_t = dq[bs, :, rows]
         for k0, k1, band in item.keys:
             kt, vt = kw[bs, :, k0:k1], vw[bs, :, k0:k1]
-            p = scores(qt, kt, item, k0, k1, band).sub_(mt).exp2_()  # (b, Hkv, rows, tk): P * l
-            dv_t = torch.matmul(p.transpose(-1, -2), dot_l)  # (b, Hkv, tk, Dv)
+            slope = None
+            if spec.softcap is not None:  # d capped score / d score, (b, Hkv, rows, tk)
+                slope = _scratch("slope", (*qt.shape[:3], k1 - k0), qt)
+            p = scores(qt, kt, item, k0, k1, band, slope).sub_(mt).exp2_()  # (b, Hkv, rows, tk)
+            p_kept = p  # P * l, where dropout kept it
+            if drop is not None:
+                gone = dropout.dropped(drop[0][bs, :, rows], drop[1][k0:k1], spec.dropout_p)
+                p_kept = p.masked_fill(gone, 0.0)
+            dv_t = torch.matmul(p_kept.transpose(-1, -2), dot_l)  # (b, Hkv, tk, Dv)
             dp = _scratch("dp", p.shape, p)  # (b, Hkv, rows, tk): dP / l
             bh = p.shape[0] * p.shape[1]  # (no -1: Dv may be 0)
             torch.bmm(dot_l.reshape(bh, *dot_l.shape[2:]),
                       vt.reshape(bh, *vt.shape[2:]).transpose(1, 2), out=dp.view(bh, *dp.shape[2:]))
+            if drop is not None:
+                dp.masked_fill_(gone, 0.0)
             ds = dp.sub_(delta_l).mul_(p)  # dS = P * (dP - delta + dlse)
-            dq_t += torch.matmul(ds, kt)
-            dk_t = torch.matmul(ds.transpose(-1, -2), qt)  # (b, Hkv, tk, D); times ln2 below
+            d_uncapped = ds if slope is None else slope.mul_(ds)  # what q . k * scale gets
+            dq_t += torch.matmul(d_uncapped, kt)
+            dk_t = torch.matmul(d_uncapped.transpose(-1, -2), qt)  # (b, Hkv, tk, D); rescaled below
             with lock:
                 dv[bs, :, k0:k1] += dv_t
                 dk[bs, :, k0:k1] += dk_t
@@ -368,8 +446,19 @@ def _backward(q, k, v, out, m, l, dout, dlse, spec: MaskSpec, scale: float, bias
     workers = _workers(spec, b)
     _run(_plan(spec, b, workers, split_keys=False), grads_of_tile, workers)
     dq = _ungrouped(dq.mul_(scale), spec.hq)
-    dk.mul_(LN2)  # qt carried scale * log2(e); dK wants scale alone
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias
+    # qt carried scale * log2(e) (or scale / softcap); dK wants scale alone
+    dk.mul_(LN2 if spec.softcap is None else spec.softcap)
+    dsinks = _sinks_grad(out, base, inv_l, dog, dlseg, spec) if sinks_grad else None
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias, dsinks
+
+
+def _sinks_grad(out, base, inv_l, dog, dlseg, spec: MaskSpec) -> torch.Tensor:
+    """``(Hq,)``: each sink's gradient, summed over its rows ``P_sigma * (dlse - delta)``, with
+    ``P_sigma = exp2(sigma - m) / l`` the sink's share of the row (1 in a row that saw no key)."""
+    p_sink = (_sink_rows(spec, out.dtype) - base).exp2_().mul_(inv_l)  # (B, Hkv, Sq*G, 1)
+    delta = (dog * out).sum(dim=-1, keepdim=True)  # rowsum(dO * O)
+    rows = p_sink.mul_(dlseg - delta)  # (B, Hkv, Sq*G, 1)
+    return rows.view(-1, spec.hkv, spec.sq, spec.groups).sum(dim=(0, 2)).reshape(spec.hq)
 
 
 def _add_bias_grad(dbias, ds, spec: MaskSpec, item: _Item, k0: int, k1: int) -> None:
@@ -383,23 +472,26 @@ def _add_bias_grad(dbias, ds, spec: MaskSpec, item: _Item, k0: int, k1: int) -> 
 
 class _BlockwiseFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, bias, spec: MaskSpec, scale: float):
+    def forward(ctx, q, k, v, bias, sinks, spec: MaskSpec, scale: float):
         out_work, m, l = _forward(q, k, v, spec, scale)
         out = _ungrouped(out_work, spec.hq).to(q.dtype)
         # the backward's rowsum(dO * O) reads the float32 output, not the one rounded to q's dtype
         ctx.save_for_backward(q, k, v, out_work, m, l)
         ctx.spec, ctx.scale = spec, scale
         ctx.bias_grad = bias is not None and ctx.needs_input_grad[3]
+        ctx.sinks_grad = sinks is not None and ctx.needs_input_grad[4]
         return out, _lse(m, l, spec.hq)
 
     @staticmethod
     def backward(ctx, dout, dlse):
         q, k, v, out_work, m, l = ctx.saved_tensors
-        dq, dk, dv, dbias = _backward(q, k, v, out_work, m, l, dout, dlse, ctx.spec, ctx.scale,
-                                      ctx.bias_grad)
+        dq, dk, dv, dbias, dsinks = _backward(q, k, v, out_work, m, l, dout, dlse, ctx.spec,
+                                              ctx.scale, ctx.bias_grad, ctx.sinks_grad)
         if dbias is not None:
             dbias = dbias.to(ctx.spec.bias.dtype)
-        return dq, dk, dv, dbias, None, None
+        if dsinks is not None:
+            dsinks = dsinks.to(ctx.spec.sinks.dtype)
+        return dq, dk, dv, dbias, dsinks, None, None
 
 
 # ---- forward and backward apart, for the custom op torch.compile sees (compiled.py) ----------
@@ -425,15 +517,18 @@ def _split_forward(q, k, v, spec: MaskSpec, scale: float, needs_grad: bool):
 
 
 def _split_backward(q, k, v, spec: MaskSpec, scale: float, out, lse, residuals, dout, dlse,
-                    bias_grad: bool):
+                    bias_grad: bool, sinks_grad: bool):
     if spec.hq == 0 or not residuals:
         zero = [torch.zeros_like(t) for t in (q, k, v)]
-        return (*zero, torch.zeros_like(spec.bias) if bias_grad else None)
+        return (*zero, torch.zeros_like(spec.bias) if bias_grad else None,
+                torch.zeros_like(spec.sinks) if sinks_grad else None)
     out_work, m, l = residuals if len(residuals) == 3 else (out, *residuals)
     dout = torch.zeros_like(out) if dout is None else dout
     dlse = torch.zeros_like(lse) if dlse is None else dlse
-    dq, dk, dv, dbias = _backward(q, k, v, out_work, m, l, dout, dlse, spec, scale, bias_grad)
-    return dq, dk, dv, None if dbias is None else dbias.to(spec.bias.dtype)
+    dq, dk, dv, dbias, dsinks = _backward(q, k, v, out_work, m, l, dout, dlse, spec, scale,
+                                          bias_grad, sinks_grad)
+    return (dq, dk, dv, None if dbias is None else dbias.to(spec.bias.dtype),
+            None if dsinks is None else dsinks.to(spec.sinks.dtype))
 
 
 def _residuals_like(q, k, v, spec: MaskSpec, needs_grad: bool):

@@ -367,11 +367,11 @@ def _split_forward(q, k, v, spec: MaskSpec, scale: float, needs_grad: bool):
 
 
 def _split_backward(q, k, v, spec: MaskSpec, scale: float, out, lse, residuals, dout, dlse,
-                    bias_grad: bool):
+                    bias_grad: bool, sinks_grad: bool):
     out_work = residuals[0] if residuals else out
     if dout is None and dlse is None:
-        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None
-    return (*_backward(q, k, v, out_work, lse, dout, dlse, spec, scale), None)
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None, None
+    return (*_backward(q, k, v, out_work, lse, dout, dlse, spec, scale), None, None)
 
 
 def _residuals_like(q, k, v, spec: MaskSpec, needs_grad: bool):

@@ -1,8 +1,10 @@
 """Which keys each query may see: causal, sliding window, boolean mask and additive bias.
 
-A ``MaskSpec`` holds the validated options and answers two questions for the kernels: which key
-range can a block of queries see at all (so hidden tiles are skipped, never computed), and what
-mask / bias applies inside one tile (so nothing ever builds an ``Sq x Sk`` buffer).
+A ``MaskSpec`` holds the validated options of one call and answers two questions for the kernels:
+which key range can a block of queries see at all (so hidden tiles are skipped, never computed),
+and what mask / bias applies inside one tile (so nothing ever builds an ``Sq x Sk`` buffer). It
+also carries the options that change the softmax itself — soft-capping, sinks, dropout — so every
+backend sees them (and one that cannot do them refuses).
 
 Layout inside the kernels ("grouped rows"): queries of one key/value head are stored as
 ``(B, Hkv, Sq, G, D)`` with ``G = Hq // Hkv``, so a tile's scores are ``(B, Hkv, tq, G, tk)``.
@@ -20,10 +22,16 @@ Index = slice | torch.Tensor  # a range of positions, or explicit positions (Lon
 
 @dataclass(frozen=True)
 class MaskSpec:
-    """Validated masking options; ``mask`` and ``bias`` are 4-D ``(B|1, Hq|1, Sq|1, Sk|1)``.
+    """Validated options; ``mask`` and ``bias`` are 4-D ``(B|1, Hq|1, Sq|1, Sk|1)``.
 
     Causal and window are aligned bottom-right: with ``offset = Sk - Sq``, query ``i`` sees key
     ``j`` when ``i + offset - left <= j <= i + offset + right`` (``causal`` means ``right = 0``).
+
+    ``softcap`` (> 0) turns each scaled score ``s`` into ``softcap * tanh(s / softcap)`` before
+    the bias and the mask; ``sinks (Hq,)`` adds ``exp(sinks[h])`` to every row's softmax
+    denominator; ``dropout_p`` drops probabilities after the softmax with the mask that
+    ``kernels.dropout`` derives from ``dropout_seed`` (an int whenever ``dropout_p > 0`` in a
+    call to a kernel).
     """
 
     sq: int
@@ -34,6 +42,17 @@ class MaskSpec:
     window: tuple[int | None, int | None] | None = None
     mask: torch.Tensor | None = None
     bias: torch.Tensor | None = None
+    softcap: float | None = None
+    sinks: torch.Tensor | None = None
+    dropout_p: float = 0.0
+    dropout_seed: int | None = None
+
+    @property
+    def score_options(self) -> tuple[str, ...]:
+        """The options in use that change the softmax itself: "softcap", "sinks", "dropout"."""
+        used = ("softcap", self.softcap is not None), ("sinks", self.sinks is not None), \
+            ("dropout", self.dropout_p > 0)
+        return tuple(name for name, on in used if on)
 
     @property
     def groups(self) -> int:

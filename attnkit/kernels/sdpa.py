@@ -1,7 +1,8 @@
 """The sdpa backend: PyTorch's fused ``scaled_dot_product_attention``, where it can do the job.
 
 SDPA cannot return the log-sum-exp, has no sliding window, aligns ``is_causal`` top-left and
-cannot combine it with a mask; for those it refuses with a message naming a backend that can.
+cannot combine it with a mask, and has no soft-capping, no sinks and no seeded dropout mask; for
+those it refuses with a message naming a backend that can.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ def sdpa_unsupported(spec: MaskSpec, return_lse: bool) -> str | None:
                 "attnkit aligns it bottom-right)")
     if spec.causal and (spec.mask is not None or spec.bias is not None):
         return "causal=True together with mask= or bias= (SDPA takes one or the other)"
+    if spec.softcap is not None:
+        return f"softcap={spec.softcap} (SDPA cannot soft-cap the scores)"
+    if spec.sinks is not None:
+        return "sinks (SDPA has no sink logit in its softmax)"
+    if spec.dropout_p > 0:
+        return (f"dropout_p={spec.dropout_p} (SDPA's dropout draws its own mask, not attnkit's "
+                "seeded one, so the backward and the reference could not repeat it)")
     return None
 
 

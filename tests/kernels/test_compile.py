@@ -78,11 +78,13 @@ def test_the_custom_op_passes_torch_opcheck(backend, dtype):
     every output, residuals included) and the autograd registration agree with the real op."""
     q, k, v, mask = inputs((2, 4, 2, 9, 13, 8), padding=True, dtype=dtype)
     bias = torch.randn(1, 4, 9, 13, dtype=dtype)
+    sinks = torch.randn(4, dtype=dtype)
     for needs_grad in (False, True):
-        bias_grad = needs_grad and backend == "blockwise"
+        general = needs_grad and backend == "blockwise"  # bias gradients, softmax options
         args = (q.requires_grad_(needs_grad), k.requires_grad_(needs_grad),
-                v.requires_grad_(needs_grad), mask, bias.clone().requires_grad_(bias_grad), True,
-                True, 4, None, 0.3, backend, needs_grad, bias_grad)
+                v.requires_grad_(needs_grad), mask, bias.clone().requires_grad_(general),
+                sinks.clone().requires_grad_(general) if general else None, True, True, 4, None,
+                0.3, 30.0 if general else None, 0.0, None, backend, needs_grad, general, general)
         torch.library.opcheck(torch.ops.attnkit.attention.default, args)
 
 

@@ -85,10 +85,12 @@ def test_window_and_scale():
 
 def test_backend_registry():
     q, k, v = qkv()
-    assert list(attnkit.backends()) == ["blockwise", "sdpa", "reference"]
-    with pytest.raises(AttnkitError, match=r"unknown backend 'flash'; available backends: "
-                       r"blockwise, sdpa, reference"):
-        attnkit.attention(q, k, v, backend="flash")
+    assert list(attnkit.backends("cpu")) == ["fused", "blockwise", "sdpa", "reference"]
+    assert attnkit.backends()["fused"].endswith("(cpu)")
+    assert attnkit.backends()["blockwise"].endswith("(cpu, cuda)")
+    with pytest.raises(AttnkitError, match=r"unknown backend 'nowhere'; available backends: "
+                       r"fused, blockwise, .*sdpa, reference"):
+        attnkit.attention(q, k, v, backend="nowhere")
     with pytest.raises(AttnkitError, match="unknown backend 'nope'"):
         with attnkit.use_backend("nope"):
             pass
@@ -126,7 +128,8 @@ def test_every_refusal_is_an_attnkit_error_of_the_right_kind():
         attnkit.attention([1.0], k, v)
     with pytest.raises(AttnkitError, match=r"q has 4 heads and k/v have 3"):
         attnkit.attention(q, torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8))
-    with pytest.raises(BackendUnsupportedError, match=r"backends that can: blockwise, reference"):
+    with pytest.raises(BackendUnsupportedError, match=r"backends that can: blockwise, fused, "
+                       r"reference"):
         attnkit.attention(q, k, v, return_lse=True, backend="sdpa")
     with pytest.raises(AttnkitError, match="unknown backend 'flash'"):
         attnkit.attention(q, k, v, backend="flash")
@@ -267,3 +270,132 @@ def test_a_bias_of_minus_inf_on_every_key_gives_zeros_never_nan(backend):
         assert torch.isfinite(lse[0, 0]).all()
     out.square().sum().backward()
     assert torch.isfinite(q.grad).all() and torch.equal(q.grad[0, 1, 2], torch.zeros(8))
+
+
+# ---- softcap, sinks, dropout (issue 11) -----------------------------------------------------
+
+
+def test_softcap_refusals():
+    q, k, v = qkv()
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(AttnkitError, match=r"softcap must be a finite number > 0 \(scores "
+                           r"become softcap \* tanh\(score / softcap\), e.g. softcap=50.0\); got "
+                           r".*Pass softcap=None for no capping"):
+            attnkit.attention(q, k, v, softcap=bad)
+    with pytest.raises(InputTypeError, match=r"softcap must be a real number, e.g. softcap=50.0; "
+                       r"got '30' \(str\)"):
+        attnkit.attention(q, k, v, softcap="30")
+    with pytest.raises(InputTypeError, match=r"got True \(bool\)"):
+        attnkit.attention(q, k, v, softcap=True)
+    with pytest.raises(InputTypeError, match=r"softcap is a tensor that requires grad, but no "
+                       r"gradient flows to softcap; pass softcap=float\(softcap\)"):
+        attnkit.attention(q, k, v, softcap=torch.tensor(30.0, requires_grad=True))
+    with pytest.raises(AttnkitError, match=r"softcap must be a finite number > 0"):
+        attnkit.pattern(q, k, torch.zeros(2, 4, 5), softcap=-2.0)
+    torch.testing.assert_close(attnkit.attention(q, k, v, softcap=np.float32(30.0)),
+                               attnkit.attention(q, k, v, softcap=30.0))
+
+
+def test_sinks_refusals():
+    q, k, v = qkv()
+    with pytest.raises(InputTypeError, match=r"sinks must be a torch.Tensor of shape \(Hq,\) = "
+                       r"\(4,\), one logit per query head, or None; got list"):
+        attnkit.attention(q, k, v, sinks=[0.0] * 4)
+    with pytest.raises(InputTypeError, match=r"sinks must be a floating-point tensor \(one logit "
+                       r"per query head\); got torch.int64"):
+        attnkit.attention(q, k, v, sinks=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(AttnkitError, match=r"sinks must have shape \(Hq,\) = \(4,\), one logit "
+                       r"per query head; got \(1, 4, 1, 1\)\. A model's per-head sinks of shape "
+                       r"\(1, 4, 1, 1\) can be passed as sinks.reshape\(-1\)"):
+        attnkit.attention(q, k, v, sinks=torch.zeros(1, 4, 1, 1))
+    with pytest.raises(AttnkitError, match=r"sinks must have shape \(Hq,\) = \(4,\).*got \(2,\)"):
+        attnkit.attention(q, k, v, sinks=torch.zeros(2))
+    with pytest.raises(AttnkitError, match=r"sinks is on meta but q is on cpu; move it with "
+                       r"\.to\(q\.device\)"):
+        attnkit.attention(q, k, v, sinks=torch.zeros(4, device="meta"))
+
+
+def test_dropout_refusals():
+    q, k, v = qkv()
+    for bad in (1.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(AttnkitError, match=r"dropout_p must be in \[0, 1\) \(the chance that "
+                           r"a probability is dropped\); got .*Pass dropout_p=0.0 for no dropout"):
+            attnkit.attention(q, k, v, dropout_p=bad)
+    with pytest.raises(InputTypeError, match=r"dropout_p must be a real number, e.g. "
+                       r"dropout_p=0.1; got '0.1' \(str\)"):
+        attnkit.attention(q, k, v, dropout_p="0.1")
+    with pytest.raises(InputTypeError, match=r"dropout_p must be a real number.*got False"):
+        attnkit.attention(q, k, v, dropout_p=False)
+    with pytest.raises(InputTypeError, match=r"dropout_seed must be an int in \[0, 2\*\*63\) or "
+                       r"None \(drawn from torch's generator\); got 1.5 \(float\)"):
+        attnkit.attention(q, k, v, dropout_p=0.1, dropout_seed=1.5)
+    with pytest.raises(InputTypeError, match=r"dropout_seed must be an int.*got True \(bool\)"):
+        attnkit.attention(q, k, v, dropout_p=0.1, dropout_seed=True)
+    for bad in (-1, 2**63, 2**70):
+        with pytest.raises(AttnkitError, match=r"dropout_seed must be an int in \[0, 2\*\*63\); "
+                           rf"got {bad}\. Reduce it, e.g. dropout_seed % 2\*\*63"):
+            attnkit.attention(q, k, v, dropout_p=0.1, dropout_seed=bad)
+    assert attnkit.attention(q, k, v, dropout_p=np.float64(0.1),
+                             dropout_seed=np.int64(3)).shape == (2, 4, 5, 8)
+
+
+def test_pattern_after_dropout_needs_the_calls_seed():
+    q, k, v = qkv()
+    _, lse = attnkit.attention(q, k, v, dropout_p=0.1, return_lse=True)
+    with pytest.raises(AttnkitError, match=r"pattern\(\): dropout_p=0.1 needs the dropout_seed "
+                       r"the attention call used \(pass the same dropout_seed= to both\); for "
+                       r"the probabilities before dropout pass dropout_p=0"):
+        attnkit.pattern(q, k, lse, dropout_p=0.1)
+
+
+def test_sdpa_refuses_softcap_sinks_and_dropout_by_name():
+    q, k, v = qkv(hq=2, hkv=2)
+    with pytest.raises(BackendUnsupportedError, match=r"backend 'sdpa' does not support "
+                       r"softcap=30.0 \(SDPA cannot soft-cap the scores\); use "
+                       r"backend='blockwise' \(backends that can: blockwise, reference\)"):
+        attnkit.attention(q, k, v, softcap=30.0, backend="sdpa")
+    with pytest.raises(BackendUnsupportedError, match=r"does not support sinks \(SDPA has no "
+                       r"sink logit in its softmax\); use backend='blockwise'"):
+        attnkit.attention(q, k, v, sinks=torch.zeros(2), backend="sdpa")
+    with pytest.raises(BackendUnsupportedError, match=r"does not support dropout_p=0.1 \(SDPA's "
+                       r"dropout draws its own mask, not attnkit's seeded one.*use "
+                       r"backend='blockwise'"):
+        attnkit.attention(q, k, v, dropout_p=0.1, backend="sdpa")
+    with attnkit.use_backend("sdpa"):
+        with pytest.raises(BackendUnsupportedError, match=r"does not support softcap=2.0"):
+            attnkit.attention(q, k, v, softcap=2.0)
+
+
+def test_a_backend_that_does_not_list_an_option_is_never_given_it():
+    """A backend registered without knowing the softmax options (e.g. a newer peer) is refused
+    them by name, and the automatic choice passes it over for calls that use them."""
+    from attnkit.kernels import api
+
+    calls = []
+    reference = api._REGISTRY["reference"]
+
+    def eager(q, k, v, spec, scale):
+        calls.append(spec.score_options)
+        return reference.kernel(q, k, v, spec, scale)
+
+    api.register_backend(api.Backend("eager-test", eager, lambda spec, lse, q: None,
+                                     priority=100, description="test"))
+    try:
+        q, k, v = qkv()
+        attnkit.attention(q, k, v)
+        assert calls == [()]  # the highest priority: chosen when no option is used
+        for opts in ({"softcap": 5.0}, {"sinks": torch.zeros(4)}, {"dropout_p": 0.2}):
+            attnkit.attention(q, k, v, **opts)  # blockwise takes these
+        assert calls == [()]
+        with pytest.raises(BackendUnsupportedError, match=r"backend 'eager-test' does not "
+                           r"support softcap=5.0 \(not implemented by this backend\); use "
+                           r"backend='blockwise'"):
+            attnkit.attention(q, k, v, softcap=5.0, backend="eager-test")
+        with pytest.raises(BackendUnsupportedError, match=r"does not support sinks \(a \(4,\) "
+                           r"tensor\) \(not implemented by this backend\)"):
+            attnkit.attention(q, k, v, sinks=torch.zeros(4), backend="eager-test")
+        with pytest.raises(BackendUnsupportedError, match=r"does not support dropout_p=0.2 \(not "
+                           r"implemented by this backend\)"):
+            attnkit.attention(q, k, v, dropout_p=0.2, backend="eager-test")
+    finally:
+        del api._REGISTRY["eager-test"]

@@ -306,6 +306,14 @@ def test_refusals_name_the_backend_that_can():
     with pytest.raises(BackendUnsupportedError, match=r"backend 'fused' does not support head_dim "
                        r"0.*use backend='blockwise'"):
         attnkit.attention(q[..., :0], k[..., :0], v, backend="fused")
+    # the softmax options it does not implement
+    for option, message in (({"softcap": 30.0}, "softcap=30.0"), ({"sinks": torch.zeros(2)},
+                            r"sinks"), ({"dropout_p": 0.1}, "dropout_p=0.1")):
+        with pytest.raises(BackendUnsupportedError, match=rf"backend 'fused' does not support "
+                           rf"{message}.*use backend='blockwise'"):
+            attnkit.attention(q, k, v, backend="fused", **option)
+        spec, _ = validate(q, k, v, **option)
+        assert api._choose(None, spec, True, q).name == "blockwise"
     # the automatic choice never picks it for such a call, and the bias gets its gradient
     out = attnkit.attention(q, k, v, bias=bias)
     out.sum().backward()
