@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from attnkit.errors import AttnkitError, BackendUnsupportedError, InputTypeError
-from attnkit.kernels import blockwise, dropout, fused_cpu
+from attnkit.kernels import blockwise, dropout, fused_cpu, fused_cuda
 from attnkit.kernels.blockwise import LOG2E, blockwise_attention
 from attnkit.kernels.compiled import Split, compiled_attention
+from attnkit.kernels.flex import flex_attention_kernel, flex_unsupported
 from attnkit.kernels.fused_cpu import fused_cpu_attention, fused_cpu_unsupported
 from attnkit.kernels.masks import Index, MaskSpec
 from attnkit.kernels.reference import reference_attention
@@ -599,6 +600,19 @@ register_backend(Backend("fused", fused_cpu_attention, fused_cpu_unsupported, pr
                          description="torch's fused CPU flash kernel, with the lse, on the tiles "
                                      "the band leaves visible", devices=("cpu",),
                          split=fused_cpu.SPLIT))
+register_backend(Backend("flash", fused_cuda.flash_attention, fused_cuda.flash_unsupported,
+                         priority=40, devices=("cuda",), split=fused_cuda.FLASH_SPLIT,
+                         description="torch's FlashAttention-2, with the lse: float16/bfloat16, "
+                                     "causal, windows, grouped heads"))
+register_backend(Backend("efficient", fused_cuda.efficient_attention,
+                         fused_cuda.efficient_unsupported, priority=30, devices=("cuda",),
+                         split=fused_cuda.EFFICIENT_SPLIT,
+                         description="torch's memory-efficient kernel, with the lse: float32 too, "
+                                     "masks, a bias (with its gradient), causal; no window"))
+register_backend(Backend("flex", flex_attention_kernel, flex_unsupported, priority=25,
+                         devices=("cuda",), options=frozenset({"softcap"}),
+                         description="compiled FlexAttention: any mask with a window, a bias, "
+                                     "soft-capping"))
 register_backend(Backend("sdpa", sdpa_attention, lambda spec, lse, q: sdpa_unsupported(spec, lse),
                          priority=5, auto=False,
                          description="torch.nn.functional.scaled_dot_product_attention"))
