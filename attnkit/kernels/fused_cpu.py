@@ -5,11 +5,13 @@ returns the log-sum-exp — called only on the tiles the causal/window band leav
 scale) -> (out, lse)`` and its ``_backward`` (private ops, so they are feature-detected) do the
 arithmetic. What they cannot say themselves is arranged around them:
 
-- **bottom-right causal, windows, Sq != Sk**: the op's causal is top-left. Each block of queries
-  is cut into at most three key pieces: a left edge that the window's left bound crosses (a
-  small cached additive mask), a middle every query sees (no mask), and a right edge that starts
-  on the block's diagonal, where the bottom-right band *is* the op's top-left causal. Keys the
-  band hides are never passed to the op. Pieces are combined with the merge rule (DESIGN.md).
+- **bottom-right causal, windows, Sq != Sk**: the op's causal is top-left. A sliding window
+  (a left bound) is cut into blocks of queries (``BLOCK_Q``), each given only the keys its band
+  reaches, with the band as a small additive mask (one cached tile serves every interior
+  block). Without a left bound the queries see every key up to their diagonal: a piece without
+  a mask, then one that starts on the diagonal, where the bottom-right band *is* the op's
+  top-left causal; the two are combined with the merge rule (DESIGN.md). Keys the band hides
+  are never passed to the op.
 - **rows that see no key**: the op returns ``lse = 0`` there (it would corrupt any merge); they
   get ``-inf`` here, and zeros.
 - **the lse's gradient**: the op's backward takes only ``dO``. It computes
@@ -39,7 +41,10 @@ from attnkit.kernels.masks import MaskSpec
 from attnkit.kernels.merge import merge
 from attnkit.runtime import work_dtype
 
-BLOCK_Q = 128  # queries per block when a window's left bound moves along the sequence
+# Queries per block when a window's left bound moves along the sequence: half the window's width,
+# within these bounds. A block computes its width in keys beyond the band, and each call of the
+# op has a fixed cost (measured ~0.1 ms quiet, ~15 ms on a loaded 2-core VM).
+BLOCK_Q = (64, 256)
 # Half-precision dtypes whose forward pass (without autograd) runs the op in that dtype: it
 # accumulates in float32 and returns a float32 lse, rounding only the probabilities to the dtype
 # before they multiply v, and skips three conversions. With autograd the call runs in float32:
@@ -127,7 +132,10 @@ def plan(spec: MaskSpec, block_q: int | None = None) -> list[Block]:
     last = sq if left is None else min(sq, sk - off + left)
     if sk == 0 or first >= last:
         return []
-    size = (block_q or BLOCK_Q) if left is not None else last - first
+    if block_q is None and left is not None:
+        width = left + (right if right is not None else left) + 1
+        block_q = min(max(width // 2, BLOCK_Q[0]), BLOCK_Q[1])
+    size = block_q if left is not None else last - first
     blocks = []
     for q0 in range(first, last, size):
         q1 = min(q0 + size, last)
@@ -137,21 +145,22 @@ def plan(spec: MaskSpec, block_q: int | None = None) -> list[Block]:
 
 def _pieces(q0: int, q1: int, sk: int, off: int, left: int | None,
             right: int | None) -> tuple[Piece, ...]:
-    """Query ``a`` sees keys ``[a + off - left, a + off + right]``; cut ``[lo, hi)`` where the
-    band stops hiding keys from some query of the block."""
+    """Query ``a`` sees keys ``[a + off - left, a + off + right]``. With a left bound the block
+    is one piece ``[lo, hi)`` under the band's cached mask: that costs the block's length in
+    keys a row beyond the band, and saves merging pieces (a merge is several passes over the
+    block's output; measured slower, and far slower on a busy machine). Without one, every
+    query sees the keys up to the block's diagonal and a top-left causal piece follows."""
     lo = 0 if left is None else max(0, q0 + off - left)
     hi = sk if right is None else min(sk, q1 + off + right)
-    # keys before left_end are hidden from some query (the band's left edge)
-    left_end = lo if left is None else min(hi, max(lo, q1 - 1 + off - left))
+    if lo >= hi:
+        return ()
+    if left is not None:
+        every = right is None or q0 + off + right >= hi - 1  # no right edge inside [lo, hi)
+        return (Piece(lo, hi, "full" if every and q1 - 1 + off - left <= lo else "band"),)
     if right is None:
-        pieces = [Piece(lo, left_end, "band"), Piece(left_end, hi, "full")]
-    else:
-        diagonal = q0 + off + right  # where query q0's view ends: the top-left causal edge
-        if diagonal < left_end:  # a window narrower than the block: one masked piece
-            return (Piece(lo, hi, "band"),)
-        start = min(hi, diagonal)
-        pieces = [Piece(lo, left_end, "band"), Piece(left_end, start, "full"),
-                  Piece(start, hi, "causal" if hi - start > 1 else "full")]
+        return (Piece(lo, hi, "full"),)
+    start = min(hi, q0 + off + right)  # query q0's last key: where the top-left causal starts
+    pieces = [Piece(lo, start, "full"), Piece(start, hi, "causal" if hi - start > 1 else "full")]
     merged: list[Piece] = []
     for piece in pieces:
         if piece.k1 <= piece.k0:

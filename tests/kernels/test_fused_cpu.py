@@ -117,8 +117,8 @@ def test_the_pieces_cover_exactly_what_the_band_shows(sq, sk, causal, left, righ
 
 
 def test_a_sliding_window_computes_little_beyond_the_band():
-    """At 8,192 tokens with window (512, 0) the pieces hold about the band's cells (each row
-    sees 513 keys), not the 8,192 x 8,192 a masked SDPA computes."""
+    """At 8,192 tokens with window (512, 0) the pieces hold the band's cells (each row sees 513
+    keys) and a block's length (256) more, not the 8,192 x 8,192 a masked SDPA computes."""
     n = 8192
     spec, _ = validate(torch.zeros(1, 1, n, 1), torch.zeros(1, 1, n, 1), torch.zeros(1, 1, n, 1),
                        causal=True, window=(512, 0))
@@ -128,7 +128,7 @@ def test_a_sliding_window_computes_little_beyond_the_band():
             area = (blk.q1 - blk.q0) * (piece.k1 - piece.k0)
             cells += area // 2 if piece.kind == "causal" else area
     band = n * 513
-    assert band <= cells < 1.2 * band, cells / band
+    assert band <= cells < 1.55 * band, cells / band
     assert cells < n * n / 10
 
 
@@ -348,3 +348,38 @@ def test_with_the_op_the_automatic_choice_on_the_cpu_is_fused():
         assert api._choose(None, spec, True, q).name == "fused"
     spec, _ = validate(q, k, v, bias=rand(5, 6).requires_grad_())
     assert api._choose(None, spec, True, q).name == "blockwise"
+
+
+# ---- peers: SDPA (test_peers.py) and Hugging Face eager ------------------------------------
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_a_hugging_face_model_on_fused_equals_eager(sliding):
+    """Llama (grouped heads) and Mistral (a sliding window of 5), left and right padding: the
+    hidden states of real tokens and the output_attentions patterns equal eager's."""
+    transformers = pytest.importorskip("transformers")
+    import attnkit.hf  # noqa: F401  (registers "attnkit")
+
+    cls, extra = ((transformers.MistralConfig, transformers.MistralModel), {"sliding_window": 5}
+                  ) if sliding else ((transformers.LlamaConfig, transformers.LlamaModel), {})
+    config = cls[0](vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                    num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=64,
+                    **extra)
+    torch.manual_seed(0)
+    model = cls[1](config).eval()
+    ids = torch.randint(2, 64, (3, 19), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 19, dtype=torch.long)
+    mask[1, 13:] = 0
+    mask[2, :5] = 0
+    outputs = {}
+    for implementation in ("eager", "attnkit"):
+        model.set_attn_implementation(implementation)
+        with torch.no_grad(), attnkit.use_backend("fused"):
+            outputs[implementation] = model(input_ids=ids, attention_mask=mask,
+                                            output_attentions=True)
+    real = mask.bool()
+    ours, eager = outputs["attnkit"], outputs["eager"]
+    assert (ours.last_hidden_state - eager.last_hidden_state)[real].abs().max() <= 1e-5
+    for a, e in zip(ours.attentions, eager.attentions, strict=True):
+        rows = real[:, None, :, None].expand_as(a)
+        assert (a - e)[rows].abs().max() <= 1e-5

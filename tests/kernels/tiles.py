@@ -29,5 +29,5 @@ def small_blocks() -> Iterator[None]:
     """Fused-backend blocks of 16 queries: windows cut every call into several blocks of
     pieces."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fused_cpu, "BLOCK_Q", 16)
+        patch.setattr(fused_cpu, "BLOCK_Q", (16, 16))
         yield
