@@ -245,3 +245,32 @@ def test_backends_say_where_they_run():
     assert "fused" not in attnkit.backends("cuda")
     assert not {"flash", "efficient", "flex"} & set(attnkit.backends("cpu"))
     assert attnkit.backends()["flash"].endswith("(cuda)")
+
+
+def test_a_torch_without_the_cuda_ops_falls_back_with_a_clear_message(fake_cuda, monkeypatch):
+    """The ops are private, so they are looked up: a torch lacking either of a kernel's two ops
+    has that kernel refuse by name, and the automatic choice moves on to the next backend."""
+    import types
+
+    backward_only = types.SimpleNamespace(**{fused_cuda.FLASH_OPS[1]: object()})
+    assert fused_cuda.find_ops(fused_cuda.FLASH_OPS, types.SimpleNamespace()) is None
+    assert fused_cuda.find_ops(fused_cuda.FLASH_OPS, backward_only) is None
+    assert fused_cuda.find_ops(fused_cuda.FLASH_OPS) is not None  # torch 2.13 has them
+    assert fused_cuda.find_ops(fused_cuda.EFFICIENT_OPS) is not None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(fused_cuda, "_flash_available", lambda: True)
+    monkeypatch.setattr(attnkit.kernels.flex, "_has_triton", lambda: True)
+    q = fake_cuda(1, 4, 64, 64, dtype=torch.bfloat16)
+    spec, _ = validate(q, q, q, causal=True)
+    assert api._choose(None, spec, True, q).name == "flash"
+    monkeypatch.setattr(fused_cuda, "_FLASH", None)
+    with pytest.raises(attnkit.AttnkitError, match=r"backend 'flash' does not support this "
+                       r"torch \(.*\): it has no aten\._flash_attention_forward; "
+                       r"use backend='blockwise' \(backends that can: .*efficient"):
+        api._choose("flash", spec, True, q)
+    assert api._choose(None, spec, True, q).name == "efficient"
+    monkeypatch.setattr(fused_cuda, "_EFFICIENT", None)
+    with pytest.raises(attnkit.AttnkitError, match=r"backend 'efficient' does not support this "
+                       r"torch \(.*\): it has no aten\._efficient_attention_forward"):
+        api._choose("efficient", spec, True, q)
+    assert api._choose(None, spec, True, q).name == "flex"
