@@ -4,6 +4,7 @@ boolean mask.
 
     python benchmarks/kernels.py --out bench-out/kernels.json            # the full table
     python benchmarks/kernels.py --sizes 1024 --repeats 5 --no-memory   # a quick look
+    python benchmarks/kernels.py --sizes 4096 --causal yes --no-naive --no-memory  # make bench
 
 For every (N, dtype, causal, pass) the contenders run interleaved, after a warm-up, and the
 median of ``--repeats`` runs is reported with GFLOP/s, the fraction of this machine's float32
@@ -86,7 +87,7 @@ def matmul_rate(dtype: torch.dtype, repeats: int) -> float:
 
 
 def bench(n: int, dtype: torch.dtype, causal: bool, backward: bool, repeats: int,
-          ceiling: float) -> dict:
+          ceiling: float, naive_too: bool = True) -> dict:
     g = torch.Generator().manual_seed(n)
     q, k, v = (torch.randn(B, H, n, D, generator=g).to(dtype).requires_grad_(backward)
                for _ in range(3))
@@ -95,7 +96,9 @@ def bench(n: int, dtype: torch.dtype, causal: bool, backward: bool, repeats: int
     naive_bytes = B * H * n * n * 4 * (3 if backward else 2)
     naive_seconds = 4 * B * H * n * n * D * (3.5 if backward else 1) / (ceiling * 1e9)
     skip_naive = None
-    if naive_bytes > NAIVE_LIMIT_BYTES:
+    if not naive_too:
+        skip_naive = "not run (--no-naive)"
+    elif naive_bytes > NAIVE_LIMIT_BYTES:
         skip_naive = f"skipped: needs ~{naive_bytes / 2**30:.0f} GiB of N×N buffers"
     elif naive_seconds > 20:
         skip_naive = (f"skipped: its {dtype} matmuls would take ~{naive_seconds:.0f} s a run "
@@ -209,6 +212,8 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"])
+    parser.add_argument("--causal", choices=["both", "yes", "no"], default="both")
+    parser.add_argument("--no-naive", action="store_true", help="skip naive eager attention")
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[65536, 131072])
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--window-sizes", type=int, nargs="*", default=[8192],
@@ -225,10 +230,10 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         for name in args.dtypes:
-            for causal in (True, False):
+            for causal in {"both": (True, False), "yes": (True,), "no": (False,)}[args.causal]:
                 for pass_ in args.passes:
                     row = bench(n, getattr(torch, name), causal, pass_ == "fwd+bwd", args.repeats,
-                                ceilings[name])
+                                ceilings[name], naive_too=not args.no_naive)
                     rows.append(row)
                     print(f"N={n} {name} causal={causal} {pass_}: attnkit ({row['backend']}) "
                           f"{row['attnkit_s']:.3f}s blockwise {row['blockwise_s']:.3f}s "
