@@ -3,7 +3,13 @@ PY := .venv/bin/python
 PIP := .venv/bin/pip
 TEXT ?= a fluffy blue creature roamed the verdant forest
 
-.PHONY: setup demo test bench bench-full clean browser
+# The transformers version floor (pyproject's `transformers>=X`) gets its own venv, .venv-floor,
+# where the Hugging Face tests run too (`make floor-test`, part of `make test`). Built once, then
+# reused until pyproject.toml changes.
+FLOOR := $(shell sed -n 's/.*"transformers>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+HF_TESTS := tests/hf tests/inspect/test_capture.py tests/models/test_load.py
+
+.PHONY: setup demo test bench bench-full clean browser floor floor-test
 
 setup: .venv/.stamp-installed
 
@@ -13,6 +19,19 @@ setup: .venv/.stamp-installed
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[all,test]'
 	touch $@
+
+floor: .venv-floor/.stamp-installed
+
+.venv-floor/.stamp-installed: pyproject.toml
+	rm -rf .venv-floor
+	python3 -m venv .venv-floor
+	.venv-floor/bin/pip install torch==2.13.0
+	.venv-floor/bin/pip install 'transformers==$(FLOOR)' -e '.[hf,test]'
+	touch $@
+
+floor-test: floor
+	@echo "Hugging Face tests on the transformers floor, $(FLOOR):"
+	.venv-floor/bin/python -m pytest -q -ra -m "not slow" $(HF_TESTS)
 
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium)
@@ -27,6 +46,7 @@ test: setup browser
 	$(PY) -m ruff check attnkit tests benchmarks docs
 	.venv/bin/lint-imports
 	$(PY) -m pytest -q -ra
+	$(MAKE) floor-test
 
 # The figures the kernel targets are about (BENCHMARKS.md): causal attention at N = 4,096 in float32
 # and bfloat16, a sliding window at 8,192, MiniLM with capture; a few minutes on 2 cores.
@@ -40,4 +60,4 @@ bench-full: setup
 	$(PY) benchmarks/models.py --out bench-out/models-full.json
 
 clean:
-	rm -rf .venv attnkit-out bench-out .pytest_cache .hypothesis
+	rm -rf .venv .venv-floor attnkit-out bench-out .pytest_cache .hypothesis

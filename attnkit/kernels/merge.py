@@ -27,6 +27,11 @@ def merge(
         ``out = exp(lse1 - lse) * out1 + exp(lse2 - lse) * out2``, computed in float32 (float64
         for float64 inputs) and returned in the dtype of ``out1``. A query that saw no key on
         either side gets zeros and ``lse = -inf``, never NaN — nor NaN gradients.
+
+    Sinks (``attention(..., sinks=)``) belong to a whole row, not to a set of keys: pass them to
+    exactly one of the partial calls (any one, even one whose queries see no key there: it then
+    gives out 0 and ``lse = sinks[h]``), and the merged result counts them once. Dropout masks
+    follow each call's own key positions, so merged parts do not repeat one whole call's mask.
     """
     _check(out1, lse1, out2, lse2)
     work = work_dtype(out1.dtype)

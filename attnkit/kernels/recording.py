@@ -52,7 +52,8 @@ def attend(module: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
            **options: Any) -> torch.Tensor:
     """``attention(q, k, v, **options)`` that a running capture can see.
 
-    ``options`` are attention()'s keyword options (causal, window, mask, bias, scale, backend);
+    ``options`` are attention()'s keyword options (causal, window, mask, bias, scale, softcap,
+    sinks, dropout_p, dropout_seed, backend); the recorded lse is the one before any dropout;
     q ``(B, Hq, Sq, D)``, k ``(B, Hkv, Sk, D)``, v ``(B, Hkv, Sk, Dv)`` → ``(B, Hq, Sq, Dv)``.
     """
     recorder = _ACTIVE.get() if _open_recordings else None

@@ -4,6 +4,8 @@ AttentionHead; selection, slices and every user-facing error."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -322,3 +324,49 @@ def test_generate_inside_capture_holds_the_whole_generated_sequence():
             for b in range(3):
                 ours = cap.pattern(layer, head, batch=b)[real[b]]
                 assert (ours - eager[layer][b, head][real[b]]).abs().max() <= 1e-5
+
+
+# ---- encoder-decoder models: one number per attention layer ----------------------------------
+
+@pytest.mark.parametrize("name", ["bart", "t5", "whisper"])
+def test_encoder_decoder_layers_are_numbered_encoder_first_then_self_and_cross(name):
+    """Encoder and decoder both count ``layer_idx`` from 0, and a decoder layer's self- and
+    cross-attention share one: capture numbers them 0.. in module order — the encoder's layers,
+    then each decoder layer's self-attention and cross-attention — as
+    ``attnkit.hf.attention_layer_names`` says; each pattern equals eager's."""
+    from tests.hf.models import inputs, setups
+
+    setup = setups()[name]
+    if setup.refused:
+        pytest.skip("T5 computes attention in its own code before transformers 5.15")
+    model = setup.model("attnkit")
+    names = attnkit.hf.attention_layer_names(model)
+    assert list(names) == list(range(6))
+    encoder = [n for n, path in names.items() if re.search(r"(^|\.)encoder\.", path)]
+    assert encoder == [0, 1]
+    self_attn, cross = [2, 4], [3, 5]
+    assert all(re.search(r"(^|\.)decoder\.", names[n]) for n in self_attn + cross)
+    assert all(any(w in names[n] for w in ("encoder_attn", "EncDecAttention")) for n in cross)
+    batch = inputs(setup, "right")
+    with torch.no_grad(), attnkit.capture(model) as cap:
+        model(**batch)
+    assert cap.layers == list(range(6)) and cap.n_layers == 6
+    assert cap.model_info.n_layers == 6
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        out = model(**batch, output_attentions=True)
+    model.set_attn_implementation("attnkit")
+    expected = dict(zip(encoder + self_attn + cross, [*out.encoder_attentions,
+                                                      *out.decoder_attentions,
+                                                      *out.cross_attentions], strict=True))
+    rows = {n: batch["decoder_attention_mask"].bool() for n in self_attn + cross}
+    enc_mask = batch.get("attention_mask")
+    for n in encoder:
+        rows[n] = (torch.ones(expected[n].shape[0], expected[n].shape[2], dtype=torch.bool)
+                   if enc_mask is None else enc_mask.bool())
+    for layer, weights in expected.items():
+        for b in range(weights.shape[0]):
+            for head in range(weights.shape[1]):
+                real = rows[layer][b]
+                ours = cap.pattern(layer, head, batch=b)[real]
+                assert (ours - weights[b, head][real]).abs().max() <= 1e-6, (layer, b, head)

@@ -13,14 +13,15 @@ import attnkit.kernels.fused_cpu as fused_cpu
 
 
 @contextlib.contextmanager
-def small_tiles() -> Iterator[None]:
+def small_tiles(workers: int = 2) -> Iterator[None]:
     """Tiles of 16 queries x 40 keys on two worker threads, whatever the call's size: tile edges,
-    key splitting (combined pieces) and the threaded path are all exercised."""
+    key splitting (combined pieces) and the threaded path are all exercised. ``workers=1`` keeps
+    the tile sizes but runs the tiles in order on one thread (and splits no keys)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(blockwise, "BLOCK_Q", 16)
         patch.setattr(blockwise, "BLOCK_K", 40)
         patch.setattr(blockwise, "MIN_PARALLEL_WORK", 1)
-        patch.setattr(blockwise, "WORKERS", 2)
+        patch.setattr(blockwise, "WORKERS", workers)
         yield
 
 

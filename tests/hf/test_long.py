@@ -18,7 +18,7 @@ LENGTH = 16_384
 ONE_PATTERN_MIB = LENGTH * LENGTH * 4 / 2**20  # 1024 MiB
 
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "long_capture.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "long_capture.py"
 
 
 @pytest.mark.slow

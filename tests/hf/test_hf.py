@@ -172,13 +172,6 @@ def test_import_registers_but_never_activates():
     assert use_attnkit(model) is model and is_attnkit(model)
 
 
-def test_training_with_attention_dropout_is_refused_clearly():
-    model = tiny("bert").train()
-    model.set_attn_implementation("attnkit")
-    with pytest.raises(ValueError, match="no dropout.*BertSelfAttention.*model.eval()"):
-        model(input_ids=batch()[0])
-
-
 def test_model_without_attention_interface_is_refused_naming_it():
     class HandRolledModel(transformers.PreTrainedModel):
         """A transformers model whose attention is its own code, not AttentionInterface."""
@@ -220,11 +213,25 @@ def test_attention_function_refuses_what_it_cannot_do_exactly():
     with pytest.raises(ValueError, match=r"the mask was built for 5 queries x 9 keys but "
                                          r"LlamaAttention attends with 5 x 5.*DynamicCache"):
         attnkit_attention(attn, q, k, k, wrong)
-    with pytest.raises(ValueError, match=r"does not support `softcap` \(LlamaAttention\); use "
-                                         r"attn_implementation='eager'"):
-        attnkit_attention(attn, q, k, k, None, softcap=30.0)
     out, weights = attnkit_attention(attn, q, k, k, None)  # no mask: the module's is_causal
     assert out.shape == (1, 5, 8, 8) and weights is None
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True,
                                                                 enable_gqa=True)
     assert (out - expected.transpose(1, 2)).abs().max() <= 1e-6
+
+
+def test_config_output_attentions_is_refused_by_transformers_the_call_argument_works(tmp_path):
+    """What README says: transformers itself refuses ``config.output_attentions = True`` (and
+    ``from_pretrained(..., output_attentions=True)``) for every implementation but eager, ours
+    included; ``output_attentions=True`` in the call gives eager's weights."""
+    tiny("llama").save_pretrained(tmp_path)
+    with pytest.raises(Exception, match="output_attentions.*not supported.*attnkit.*'eager'"):
+        transformers.AutoModel.from_pretrained(tmp_path, attn_implementation="attnkit",
+                                               output_attentions=True)
+    model = transformers.AutoModel.from_pretrained(tmp_path, attn_implementation="attnkit")
+    with pytest.raises(ValueError, match="output_attentions.*not supported.*attnkit.*'eager'"):
+        model.config.output_attentions = True
+    ids = batch(n=1)[0]
+    ours = run(model, "attnkit", input_ids=ids, output_attentions=True).attentions
+    eager = run(model, "eager", input_ids=ids, output_attentions=True).attentions
+    assert len(ours) == 2 and all((a - e).abs().max() <= 1e-6 for a, e in zip(ours, eager))
