@@ -208,7 +208,7 @@ def markdown(rows: list[dict], ceilings: dict[str, float], memory: list[dict],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 16384])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 4096, 16384])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"])

@@ -8,7 +8,9 @@ arithmetic. What they cannot say themselves is arranged around them:
 - **bottom-right causal, windows, Sq != Sk**: the op's causal is top-left. A sliding window
   (a left bound) is cut into blocks of queries (``BLOCK_Q``), each given only the keys its band
   reaches, with the band as a small additive mask (one cached tile serves every interior
-  block). Without a left bound the queries see every key up to their diagonal: a piece without
+  block). Interior blocks are alike (same size, same keys relative to their queries), so they
+  go to the op in one call, stacked along the batch dimension: one call's fixed cost, not one
+  per block. Without a left bound the queries see every key up to their diagonal: a piece without
   a mask, then one that starts on the diagonal, where the bottom-right band *is* the op's
   top-left causal; the two are combined with the merge rule (DESIGN.md). Keys the band hides
   are never passed to the op.
@@ -41,9 +43,9 @@ from attnkit.kernels.masks import MaskSpec
 from attnkit.kernels.merge import merge
 from attnkit.runtime import work_dtype
 
-# Queries per block when a window's left bound moves along the sequence: half the window's width,
-# within these bounds. A block computes its width in keys beyond the band, and each call of the
-# op has a fixed cost (measured ~0.1 ms quiet, ~15 ms on a loaded 2-core VM).
+# Queries per block when a window's left bound moves along the sequence: a quarter of the
+# window's width, within these bounds. A block computes its length in keys beyond the band per
+# row (smaller is less waste); the op's own tiles want a few dozen rows to run at speed.
 BLOCK_Q = (64, 256)
 # Half-precision dtypes whose forward pass (without autograd) runs the op in that dtype: it
 # accumulates in float32 and returns a float32 lse, rounding only the probabilities to the dtype
@@ -134,7 +136,7 @@ def plan(spec: MaskSpec, block_q: int | None = None) -> list[Block]:
         return []
     if block_q is None and left is not None:
         width = left + (right if right is not None else left) + 1
-        block_q = min(max(width // 2, BLOCK_Q[0]), BLOCK_Q[1])
+        block_q = min(max(width // 4, BLOCK_Q[0]), BLOCK_Q[1])
     size = block_q if left is not None else last - first
     blocks = []
     for q0 in range(first, last, size):
@@ -269,12 +271,78 @@ def _forward(q, k, v, spec: MaskSpec, scale: float, native: bool = False):
         return out[..., :dv], lse
     out = qw.new_zeros(b, hq, sq, dv, dtype=work)
     lse = qw.new_full((b, hq, sq), float("-inf"), dtype=_lse_dtype(work))
-    for block in blocks:
-        part, part_lse = _attend_block(forward_op, qw[:, :, block.q0:block.q1], kw, vw, spec,
-                                       scale, block)
-        out[:, :, block.q0:block.q1] = part[..., :dv]
-        lse[:, :, block.q0:block.q1] = part_lse
+    for group in _groups(spec, blocks):
+        rows = slice(group[0].q0, group[-1].q1)
+        if len(group) > 1:
+            part, part_lse = _attend_group(forward_op, qw, kw, vw, spec, scale, group)
+        else:
+            part, part_lse = _attend_block(forward_op, qw[:, :, rows], kw, vw, spec, scale,
+                                           group[0])
+        out[:, :, rows] = part[..., :dv]
+        lse[:, :, rows] = part_lse
     return out, lse
+
+
+# ---- alike blocks in one call --------------------------------------------------------------
+
+
+def _groups(spec: MaskSpec, blocks: list[Block]) -> list[list[Block]]:
+    """Consecutive blocks that can share one call of the op: one band piece each, of the same
+    size and at the same place relative to their queries (so one cached mask tile is every
+    block's mask). Without a mask or bias (theirs would differ block by block)."""
+    groups: list[list[Block]] = []
+    alike = spec.mask is None and spec.bias is None
+    for block in blocks:
+        sign = _signature(block) if alike else None
+        if groups and sign is not None and _signature(groups[-1][0]) == sign:
+            groups[-1].append(block)
+        else:
+            groups.append([block])
+    return groups
+
+
+def _signature(block: Block) -> tuple | None:
+    if len(block.pieces) != 1 or block.pieces[0].kind != "band":
+        return None
+    piece = block.pieces[0]
+    return block.q1 - block.q0, piece.k1 - piece.k0, piece.k0 - block.q0
+
+
+def _stacked_rows(x: torch.Tensor, q0: int, n: int, size: int) -> torch.Tensor:
+    """Rows ``q0 .. q0 + n*size`` of ``x (B, H, S, *rest)`` as ``(B*n, H, size, *rest)``."""
+    b, h, rest = x.shape[0], x.shape[1], x.shape[3:]
+    x = x[:, :, q0:q0 + n * size].reshape(b, h, n, size, *rest)
+    return x.movedim(2, 1).reshape(b * n, h, size, *rest)
+
+
+def _unstacked_rows(y: torch.Tensor, b: int, n: int) -> torch.Tensor:
+    """The inverse of ``_stacked_rows``: ``(B*n, H, size, *rest)`` → ``(B, H, n*size, *rest)``."""
+    h, size, rest = y.shape[1], y.shape[2], y.shape[3:]
+    return y.reshape(b, n, h, size, *rest).movedim(1, 2).reshape(b, h, n * size, *rest)
+
+
+def _stacked_keys(x: torch.Tensor, k0: int, n: int, step: int, length: int) -> torch.Tensor:
+    """Keys ``k0 + i*step .. + length`` of ``x (B, H, Sk, E)`` for block ``i < n``, as
+    ``(B*n, H, length, E)`` (a copy: the windows overlap)."""
+    b, h, e = x.shape[0], x.shape[1], x.shape[3]
+    windows = x[:, :, k0:k0 + (n - 1) * step + length].unfold(2, length, step)  # (B,H,n,E,len)
+    return windows.permute(0, 2, 1, 4, 3).reshape(b * n, h, length, e)
+
+
+def _attend_group(forward_op, qw, kw, vw, spec: MaskSpec, scale: float, group: list[Block]):
+    """``(out (B, Hq, rows, E), lse (B, Hq, rows))`` of alike blocks, in one call."""
+    first, n = group[0], len(group)
+    piece = first.pieces[0]
+    size, length = first.q1 - first.q0, piece.k1 - piece.k0
+    mask, empty = _band_tile(spec, first, piece, qw.dtype, qw.device)  # (size, length), (size,)
+    out, lse = forward_op(_stacked_rows(qw, first.q0, n, size),
+                          _stacked_keys(kw, piece.k0, n, size, length),
+                          _stacked_keys(vw, piece.k0, n, size, length), 0.0, False,
+                          attn_mask=mask, scale=scale)
+    if empty.any():
+        lse = lse.masked_fill(empty, float("-inf"))
+    b = qw.shape[0]
+    return _unstacked_rows(out, b, n), _unstacked_rows(lse, b, n)
 
 
 def _lse_dtype(work: torch.dtype) -> torch.dtype:
@@ -316,8 +384,8 @@ def _backward(q, k, v, out_work, lse, dout, dlse, spec: MaskSpec, scale: float):
         dout_e[..., -1] = -dlse.to(work)
     # rows that saw nothing: any finite lse makes their P = exp(-inf - lse) = 0, never NaN
     lse_op = lse.masked_fill(torch.isneginf(lse), 0.0)
-    calls = [(block, piece) for block in (plan(spec) if q.shape[0] * q.shape[1] else [])
-             for piece in block.pieces]
+    blocks = plan(spec) if q.shape[0] * q.shape[1] else []
+    calls = [(block, piece) for block in blocks for piece in block.pieces]
     if len(calls) == 1 and calls[0][0].q1 - calls[0][0].q0 == spec.sq and (
             calls[0][1].k1 - calls[0][1].k0 == spec.sk):
         block, piece = calls[0]  # one call covers everything: its gradients are the answer
@@ -326,6 +394,13 @@ def _backward(q, k, v, out_work, lse, dout, dlse, spec: MaskSpec, scale: float):
                                   attn_mask=mask, scale=scale)
     else:
         dq, dk, dvv = torch.zeros_like(qw), torch.zeros_like(kw), torch.zeros_like(vw)
+        calls = []
+        for group in _groups(spec, blocks):
+            if len(group) > 1:
+                _group_backward(backward_op, dout_e, qw, kw, vw, out_e, lse_op, spec, scale,
+                                group, (dq, dk, dvv))
+            else:
+                calls += [(group[0], piece) for piece in group[0].pieces]
         for block, piece in calls:
             mask, _ = _piece_mask(spec, block, piece, work, q.device)
             rows, keys = slice(block.q0, block.q1), slice(piece.k0, piece.k1)
@@ -336,6 +411,33 @@ def _backward(q, k, v, out_work, lse, dout, dlse, spec: MaskSpec, scale: float):
             dk[:, :, keys] += gk
             dvv[:, :, keys] += gv
     return (dq[..., :d].to(q.dtype), dk[..., :d].to(k.dtype), dvv[..., :dv].to(v.dtype))
+
+
+def _group_backward(backward_op, dout_e, qw, kw, vw, out_e, lse_op, spec: MaskSpec,
+                    scale: float, group: list[Block], grads) -> None:
+    """Adds the gradients of alike blocks, from one call, to ``grads = (dq, dk, dv)``."""
+    dq, dk, dvv = grads
+    first, n, b = group[0], len(group), qw.shape[0]
+    piece = first.pieces[0]
+    size, length = first.q1 - first.q0, piece.k1 - piece.k0
+    mask, _ = _band_tile(spec, first, piece, qw.dtype, qw.device)
+
+    def rows(x):
+        return _stacked_rows(x, first.q0, n, size)
+
+    def keys(x):
+        return _stacked_keys(x, piece.k0, n, size, length)
+
+    gq, gk, gv = backward_op(rows(dout_e), rows(qw), keys(kw), keys(vw), rows(out_e),
+                             rows(lse_op), 0.0, False, attn_mask=mask, scale=scale)
+    dq[:, :, first.q0:group[-1].q1] += _unstacked_rows(gq, b, n)
+    # block i's keys are piece.k0 + i*size + (0..length): overlapping windows, summed
+    index = (piece.k0 + torch.arange(n, device=qw.device)[:, None] * size
+             + torch.arange(length, device=qw.device)).flatten()  # (n*length,)
+    for full, part in ((dk, gk), (dvv, gv)):
+        h, e = part.shape[1], part.shape[3]
+        full.index_add_(2, index, part.reshape(b, n, h, length, e).movedim(1, 2)
+                        .reshape(b, h, n * length, e))
 
 
 def _widened(x: torch.Tensor, e: int) -> torch.Tensor:
