@@ -7,6 +7,7 @@ architecture is (causal LM / encoder / encoder-decoder / speech).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,9 @@ class Setup:
     def model(self, implementation: str = "eager", dtype: torch.dtype = torch.float32):
         """The model, built for ``implementation``: the same weights whatever it is (seeded)."""
         torch.manual_seed(0)
-        config = self.config
+        # a copy: a model reads its config's implementation at every call, so models built for
+        # two implementations must not share one config object
+        config = copy.deepcopy(self.config)
         config._attn_implementation = implementation
         model = self.cls(config).to(dtype).eval()
         for name, p in model.named_parameters():
