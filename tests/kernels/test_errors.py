@@ -89,7 +89,7 @@ def test_backend_registry():
     assert attnkit.backends()["fused"].endswith("(cpu)")
     assert attnkit.backends()["blockwise"].endswith("(cpu, cuda)")
     with pytest.raises(AttnkitError, match=r"unknown backend 'nowhere'; available backends: "
-                       r"fused, blockwise, .*sdpa, reference"):
+                       r"flash, efficient, flex, fused, blockwise, sdpa, reference"):
         attnkit.attention(q, k, v, backend="nowhere")
     with pytest.raises(AttnkitError, match="unknown backend 'nope'"):
         with attnkit.use_backend("nope"):
