@@ -131,7 +131,10 @@ def test_every_refusal_is_an_attnkit_error_of_the_right_kind():
     with pytest.raises(BackendUnsupportedError, match=r"backends that can: blockwise, fused, "
                        r"reference"):
         attnkit.attention(q, k, v, return_lse=True, backend="sdpa")
-    with pytest.raises(AttnkitError, match="unknown backend 'flash'"):
+    with pytest.raises(AttnkitError, match="unknown backend 'flash3'"):
+        attnkit.attention(q, k, v, backend="flash3")
+    with pytest.raises(BackendUnsupportedError, match=r"backend 'flash' does not support tensors "
+                       r"on cpu \(it runs on CUDA\)"):
         attnkit.attention(q, k, v, backend="flash")
 
 
