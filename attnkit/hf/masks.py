@@ -163,7 +163,8 @@ def attnkit_mask(
     if attention_mask is not None:
         padded = mu.prepare_padding_mask(attention_mask, kv_length, kv_offset)
         keys = padded[:, kv_offset:kv_offset + kv_length].to(device=device, dtype=torch.bool)
-        if not bool(keys.all()):
+        # (torch.compile cannot branch on a tensor's values; a mask of all True is exact too)
+        if torch.compiler.is_compiling() or not bool(keys.all()):
             padding = keys[:, None, None, :]  # (B, 1, 1, Sk)
     return CompactMask(q_length=q_length, kv_length=kv_length, causal=causal, window=window,
                        padding=padding)

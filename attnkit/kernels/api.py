@@ -14,6 +14,7 @@ import dataclasses
 import math
 import numbers
 import operator
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -21,8 +22,11 @@ import numpy as np
 import torch
 
 from attnkit.errors import AttnkitError, BackendUnsupportedError, InputTypeError
-from attnkit.kernels import dropout
+from attnkit.kernels import blockwise, dropout, fused_cpu, fused_cuda
 from attnkit.kernels.blockwise import LOG2E, blockwise_attention
+from attnkit.kernels.compiled import Split, compiled_attention
+from attnkit.kernels.flex import flex_attention_kernel, flex_unsupported
+from attnkit.kernels.fused_cpu import fused_cpu_attention, fused_cpu_unsupported
 from attnkit.kernels.masks import Index, MaskSpec
 from attnkit.kernels.reference import reference_attention
 from attnkit.kernels.sdpa import sdpa_attention, sdpa_unsupported
@@ -43,6 +47,10 @@ class Backend:
     ``backend=None``; ``auto`` backends take part in that automatic choice. ``options`` names
     the softmax options the kernel implements (``SCORE_OPTIONS``: "softcap", "sinks",
     "dropout"); a call using any other one is refused before ``unsupported`` is asked.
+    ``devices`` are the device types it runs on ("cpu", "cuda"); the automatic choice only
+    looks at those of the call's device. ``split``: its forward and backward as separate
+    functions, for the custom op torch.compile sees (compiled.py); a backend without one is
+    traced by torch.compile.
     """
 
     name: str
@@ -52,6 +60,8 @@ class Backend:
     auto: bool = True
     description: str = ""
     options: frozenset[str] = frozenset()
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    split: Split | None = None
 
 
 SCORE_OPTIONS = frozenset({"softcap", "sinks", "dropout"})
@@ -60,6 +70,11 @@ SCORE_OPTIONS = frozenset({"softcap", "sinks", "dropout"})
 _REGISTRY: dict[str, Backend] = {}
 _SCOPED: contextvars.ContextVar[str | None] = contextvars.ContextVar("attnkit_backend",
                                                                      default=None)
+# How many ``use_backend`` blocks are open, in any thread. While none is (the usual case),
+# attention() reads only this int: torch.compile cannot trace ``ContextVar.get``, and every call
+# would break the graph there.
+_open_scopes = 0
+_scopes_lock = threading.Lock()
 
 
 def register_backend(backend: Backend) -> None:
@@ -67,20 +82,29 @@ def register_backend(backend: Backend) -> None:
     _REGISTRY[backend.name] = backend
 
 
-def backends() -> dict[str, str]:
-    """The registered backends, ``{name: description}``, in the order ``backend=None`` tries."""
+def backends(device: str | torch.device | None = None) -> dict[str, str]:
+    """The registered backends, ``{name: description}``, in the order ``backend=None`` tries
+    them; each description ends with the devices it runs on, e.g. ``"(cpu)"``. With ``device``
+    ("cpu", "cuda" or a ``torch.device``), only the backends that run there."""
+    kind = None if device is None else torch.device(device).type
     ordered = sorted(_REGISTRY.values(), key=lambda b: -b.priority)
-    return {b.name: b.description for b in ordered}
+    return {b.name: f"{b.description} ({', '.join(b.devices)})" for b in ordered
+            if kind is None or kind in b.devices}
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Within the block, ``attention(..., backend=None)`` uses backend ``name``."""
+    global _open_scopes
     _lookup(name)
     token = _SCOPED.set(name)
+    with _scopes_lock:
+        _open_scopes += 1
     try:
         yield
     finally:
+        with _scopes_lock:
+            _open_scopes -= 1
         _SCOPED.reset(token)
 
 
@@ -144,8 +168,10 @@ def attention(
             the same mask). None draws one from torch's default generator, so
             ``torch.manual_seed`` makes calls reproducible. Unused when ``dropout_p == 0``.
         return_lse: also return the log-sum-exp of each query's scaled scores.
-        backend: ``"reference"``, ``"blockwise"``, ``"sdpa"`` or any registered name; None picks
-            the scoped choice (``use_backend``) or the best backend that supports the call.
+        backend: ``"fused"``, ``"blockwise"``, ``"reference"``, ``"sdpa"``, the CUDA ones or any
+            registered name (``attnkit.backends()`` lists them and where they run); None picks
+            the scoped choice (``use_backend``) or the first backend, by priority, that runs on
+            q's device and supports the call (docs/backends.md).
 
     Returns:
         ``out (B, Hq, Sq, Dv)`` in q's dtype; with ``return_lse`` also ``lse (B, Hq, Sq)``, float32
@@ -159,26 +185,42 @@ def attention(
     if spec.dropout_p > 0 and spec.dropout_seed is None:
         spec = dataclasses.replace(spec, dropout_seed=dropout.draw_seed())
     chosen = _choose(backend, spec, return_lse, q)
-    out, lse = chosen.kernel(q, k, v, spec, scale)
+    if chosen.split is not None and torch.compiler.is_compiling():
+        # one opaque node with its own fake implementation and autograd (compiled.py)
+        out, lse = compiled_attention(chosen.name, q, k, v, spec, scale)
+    else:
+        out, lse = chosen.kernel(q, k, v, spec, scale)
     return (out, lse) if return_lse else out
 
 
 def _choose(name: str | None, spec: MaskSpec, return_lse: bool, q: torch.Tensor) -> Backend:
-    name = name if name is not None else _SCOPED.get()
+    """The backend named (or scoped by ``use_backend``), if it supports the call; else, with no
+    name, the first backend by priority that runs on q's device and supports it."""
+    if name is None and _open_scopes:
+        name = _SCOPED.get()
     if name is not None:
         chosen = _lookup(name)
         why = _refusal(chosen, spec, return_lse, q)
+        if why is None and not _runs_on(chosen, q.device):
+            why = f"tensors on {q.device} (it runs on {', '.join(chosen.devices)})"
         if why is not None:
-            able = [b.name for b in _REGISTRY.values()
-                    if _refusal(b, spec, return_lse, q) is None]
+            able = [b.name for b in _REGISTRY.values() if _runs_on(b, q.device)
+                    and _refusal(b, spec, return_lse, q) is None]
             raise BackendUnsupportedError(
                 f"backend {name!r} does not support {why}; "
                 f"use backend={able[0]!r} (backends that can: {', '.join(able)})")
         return chosen
     for candidate in sorted(_REGISTRY.values(), key=lambda b: -b.priority):
-        if candidate.auto and _refusal(candidate, spec, return_lse, q) is None:
+        if (candidate.auto and _runs_on(candidate, q.device)
+                and _refusal(candidate, spec, return_lse, q) is None):
             return candidate
-    raise AttnkitError("no registered backend supports this call")  # reference supports everything
+    raise AttnkitError(f"no registered backend supports this call on {q.device}; "
+                       f"backends there: {', '.join(backends(q.device)) or 'none'}")
+
+
+def _runs_on(backend: Backend, device: torch.device) -> bool:
+    """(Meta tensors, which only carry shapes, go to any backend.)"""
+    return device.type in backend.devices or device.type == "meta"
 
 
 def _refusal(backend: Backend, spec: MaskSpec, return_lse: bool, q: torch.Tensor) -> str | None:
@@ -437,8 +479,12 @@ def pattern(
     ``|lse| * 2**-24``: nothing at ordinary scores, 6e-4 at ``|lse| = 1e4`` (a huge scale or
     bias), where a one-hot row can read 0.9994 for 1. No recomputation can undo that (scoring
     in float64 measured worse: the lse carries the kernel's float32 score rounding, which this
-    function repeats exactly). ``attention()``'s outputs and gradients do not have this limit;
-    float64 inputs give a float64 lse.
+    function repeats exactly). That holds for an lse from ``blockwise``; one from a fused kernel
+    carries that kernel's own float32 dot products, which this function cannot repeat: they
+    differ by up to about ``2 sqrt(D) 2**-24 S`` per score (``S = |scale| sum_d |q_d k_d| +
+    |bias|``), nothing at ordinary scores, ~1e-2 at scores ~1e4 — for exact patterns there, use
+    ``backend="blockwise"`` or float64 inputs. ``attention()``'s outputs and gradients do not
+    have this limit; float64 inputs give a float64 lse.
     """
     spec, scale = validate(q, k, k[..., :1], causal=causal, window=window, mask=mask, bias=bias,
                            scale=scale, softcap=softcap, sinks=sinks, dropout_p=dropout_p,
@@ -547,8 +593,26 @@ def _supports_everything(spec: MaskSpec, return_lse: bool, q: torch.Tensor) -> N
 
 
 register_backend(Backend("blockwise", blockwise_attention, _supports_everything, priority=10,
-                         description="tiles, online softmax, linear memory, own backward",
-                         options=SCORE_OPTIONS))
+                         description="tiles, online softmax, linear memory, own backward; the "
+                                     "readable, fully general kernel", options=SCORE_OPTIONS,
+                         split=blockwise.SPLIT))
+register_backend(Backend("fused", fused_cpu_attention, fused_cpu_unsupported, priority=20,
+                         description="torch's fused CPU flash kernel, with the lse, on the tiles "
+                                     "the band leaves visible", devices=("cpu",),
+                         split=fused_cpu.SPLIT))
+register_backend(Backend("flash", fused_cuda.flash_attention, fused_cuda.flash_unsupported,
+                         priority=40, devices=("cuda",), split=fused_cuda.FLASH_SPLIT,
+                         description="torch's FlashAttention-2, with the lse: float16/bfloat16, "
+                                     "causal, windows, grouped heads"))
+register_backend(Backend("efficient", fused_cuda.efficient_attention,
+                         fused_cuda.efficient_unsupported, priority=30, devices=("cuda",),
+                         split=fused_cuda.EFFICIENT_SPLIT,
+                         description="torch's memory-efficient kernel, with the lse: float32 too, "
+                                     "masks, a bias (with its gradient), causal; no window"))
+register_backend(Backend("flex", flex_attention_kernel, flex_unsupported, priority=25,
+                         devices=("cuda",), options=frozenset({"softcap"}),
+                         description="compiled FlexAttention: any mask with a window, a bias, "
+                                     "soft-capping"))
 register_backend(Backend("sdpa", sdpa_attention, lambda spec, lse, q: sdpa_unsupported(spec, lse),
                          priority=5, auto=False,
                          description="torch.nn.functional.scaled_dot_product_attention"))

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from attnkit.kernels import dropout
+from attnkit.kernels.compiled import Split
 from attnkit.kernels.masks import MaskSpec
 from attnkit.kernels.reference import reference_attention
 from attnkit.runtime import torch_threads, work_dtype
@@ -491,3 +492,54 @@ class _BlockwiseFunction(torch.autograd.Function):
         if dsinks is not None:
             dsinks = dsinks.to(ctx.spec.sinks.dtype)
         return dq, dk, dv, dbias, dsinks, None, None
+
+
+# ---- forward and backward apart, for the custom op torch.compile sees (compiled.py) ----------
+
+
+def _out_is_work(q: torch.Tensor, spec: MaskSpec) -> bool:
+    """Is the returned ``out`` the grouped work-dtype output itself (no copy made)?"""
+    return work_dtype(q.dtype) == q.dtype and spec.groups == 1
+
+
+def _split_forward(q, k, v, spec: MaskSpec, scale: float, needs_grad: bool):
+    """``(out, lse, residuals)``: the row max and sum, and the grouped work-dtype output when it
+    is not ``out`` itself."""
+    if spec.hq == 0 or not needs_grad:
+        out, lse = blockwise_attention(q, k, v, spec, scale)
+        return out, lse, []
+    if spec.mask is not None and bool(spec.mask.all()):
+        spec = dataclasses.replace(spec, mask=None)
+    out_work, m, l = _forward(q, k, v, spec, scale)
+    out = _ungrouped(out_work, spec.hq).to(q.dtype)
+    residuals = [m, l] if _out_is_work(q, spec) else [out_work, m, l]
+    return out, _lse(m, l, spec.hq), residuals
+
+
+def _split_backward(q, k, v, spec: MaskSpec, scale: float, out, lse, residuals, dout, dlse,
+                    bias_grad: bool, sinks_grad: bool):
+    if spec.hq == 0 or not residuals:
+        zero = [torch.zeros_like(t) for t in (q, k, v)]
+        return (*zero, torch.zeros_like(spec.bias) if bias_grad else None,
+                torch.zeros_like(spec.sinks) if sinks_grad else None)
+    out_work, m, l = residuals if len(residuals) == 3 else (out, *residuals)
+    dout = torch.zeros_like(out) if dout is None else dout
+    dlse = torch.zeros_like(lse) if dlse is None else dlse
+    dq, dk, dv, dbias, dsinks = _backward(q, k, v, out_work, m, l, dout, dlse, spec, scale,
+                                          bias_grad, sinks_grad)
+    return (dq, dk, dv, None if dbias is None else dbias.to(spec.bias.dtype),
+            None if dsinks is None else dsinks.to(spec.sinks.dtype))
+
+
+def _residuals_like(q, k, v, spec: MaskSpec, needs_grad: bool):
+    if spec.hq == 0 or not needs_grad:
+        return []
+    b, work = q.shape[0], work_dtype(q.dtype)
+    rows = (b, spec.hkv, spec.sq * spec.groups)
+    stats = [q.new_empty(*rows, 1, dtype=work), q.new_empty(*rows, 1, dtype=work)]
+    if _out_is_work(q, spec):
+        return stats
+    return [q.new_empty(*rows, v.shape[-1], dtype=work), *stats]
+
+
+SPLIT = Split(_split_forward, _split_backward, _residuals_like)

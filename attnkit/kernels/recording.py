@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -26,15 +27,24 @@ class Recorder(Protocol):
 
 _ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("attnkit_recorder",
                                                                          default=None)
+# How many recordings are open, in any thread. While none is, attend() reads only this int:
+# torch.compile cannot trace ``ContextVar.get``, and every layer would break the graph there.
+_open_recordings = 0
+_recordings_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def recording(recorder: Recorder) -> Iterator[None]:
     """While inside, every ``attend()`` call that ``recorder.wants`` is recorded."""
+    global _open_recordings
     token = _ACTIVE.set(recorder)
+    with _recordings_lock:
+        _open_recordings += 1
     try:
         yield
     finally:
+        with _recordings_lock:
+            _open_recordings -= 1
         _ACTIVE.reset(token)
 
 
@@ -46,7 +56,7 @@ def attend(module: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     sinks, dropout_p, dropout_seed, backend); the recorded lse is the one before any dropout;
     q ``(B, Hq, Sq, D)``, k ``(B, Hkv, Sk, D)``, v ``(B, Hkv, Sk, Dv)`` → ``(B, Hq, Sq, Dv)``.
     """
-    recorder = _ACTIVE.get()
+    recorder = _ACTIVE.get() if _open_recordings else None
     if recorder is None or not recorder.wants(module):
         return attention(q, k, v, **options)
     out, lse = attention(q, k, v, return_lse=True, **options)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.kernels.tiles import small_tiles
+from tests.kernels.tiles import small_blocks, small_tiles
 
 
 def pytest_configure(config):
@@ -27,9 +27,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(params=["default tiles", "small tiles, threads"])
 def tiling(request):
-    """Run a test with the shipped tile sizes, and with tiny tiles on worker threads."""
+    """Run a test with the shipped tile sizes, and with tiny tiles on worker threads (blockwise)
+    and small blocks of pieces (fused)."""
     if request.param == "default tiles":
         yield request.param
     else:
-        with small_tiles():
+        with small_tiles(), small_blocks():
             yield request.param

@@ -8,7 +8,7 @@ import torch
 import attnkit
 from attnkit.errors import AttnkitError
 
-BACKENDS = ["blockwise", "reference"]
+BACKENDS = ["blockwise", "fused", "reference"]
 
 
 def qkv(b, hq, hkv, sq, sk, d, dtype=torch.float32, seed=0, requires_grad=False):

@@ -85,10 +85,12 @@ def test_window_and_scale():
 
 def test_backend_registry():
     q, k, v = qkv()
-    assert list(attnkit.backends()) == ["blockwise", "sdpa", "reference"]
-    with pytest.raises(AttnkitError, match=r"unknown backend 'flash'; available backends: "
-                       r"blockwise, sdpa, reference"):
-        attnkit.attention(q, k, v, backend="flash")
+    assert list(attnkit.backends("cpu")) == ["fused", "blockwise", "sdpa", "reference"]
+    assert attnkit.backends()["fused"].endswith("(cpu)")
+    assert attnkit.backends()["blockwise"].endswith("(cpu, cuda)")
+    with pytest.raises(AttnkitError, match=r"unknown backend 'nowhere'; available backends: "
+                       r"flash, efficient, flex, fused, blockwise, sdpa, reference"):
+        attnkit.attention(q, k, v, backend="nowhere")
     with pytest.raises(AttnkitError, match="unknown backend 'nope'"):
         with attnkit.use_backend("nope"):
             pass
@@ -126,9 +128,13 @@ def test_every_refusal_is_an_attnkit_error_of_the_right_kind():
         attnkit.attention([1.0], k, v)
     with pytest.raises(AttnkitError, match=r"q has 4 heads and k/v have 3"):
         attnkit.attention(q, torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8))
-    with pytest.raises(BackendUnsupportedError, match=r"backends that can: blockwise, reference"):
+    with pytest.raises(BackendUnsupportedError, match=r"backends that can: blockwise, fused, "
+                       r"reference"):
         attnkit.attention(q, k, v, return_lse=True, backend="sdpa")
-    with pytest.raises(AttnkitError, match="unknown backend 'flash'"):
+    with pytest.raises(AttnkitError, match="unknown backend 'flash3'"):
+        attnkit.attention(q, k, v, backend="flash3")
+    with pytest.raises(BackendUnsupportedError, match=r"backend 'flash' does not support tensors "
+                       r"on cpu \(it runs on CUDA\)"):
         attnkit.attention(q, k, v, backend="flash")
 
 

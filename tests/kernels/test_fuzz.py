@@ -32,6 +32,8 @@ with factor 2 for forward results and 3 for gradients. The floor is the sum of:
   |scale| eps max|q| times the most probability one key gathers, dbias as eps times P summed
   as dbias sums dS, dsinks as eps times the sink's probability summed over its rows;
 - for ``pattern()`` the limit its docstring states for a float32 lse: max(P |lse|) 2**-24;
+  and, for an lse the fused kernel made, that kernel's own float32 dot products, which
+  ``pattern()`` cannot repeat (it repeats blockwise's): 2 sqrt(D) S 2**-24 of each probability;
 - through ``merge``, the parts' outputs rounded to the input dtype: merge's gradient to a part's
   lse carries ``dO . round(O_part)``, while the part's backward takes ``dO . O_part`` from its
   float32 output (more exact alone), so each row's dS may be off by a further
@@ -49,11 +51,12 @@ positions start at 0, so its mask is not the whole call's).
 These floors are nothing at ordinary scores (S ~ 10) and the main term at scale 1e3 or a bias
 of 1e4, where no float32 computation is better than a few parts in 1e4; a wrong probability,
 a missing gradient term or a half-precision rounding inside the kernel is far above them.
-For half-precision inputs blockwise must also equal its own float32 call on the same values,
-rounded once (to within one unit in the last place): stricter than the rule, whose
-half-precision baseline is loose. A case whose reference in the input dtype overflows (inf or
-NaN where float64 is finite) gives no baseline; the backend must then still be finite and match
-the infinities. The accuracy at huge lse beyond these floors is pinned by test_precision.py.
+For half-precision inputs blockwise and fused (with autograd, as here) must also equal their own
+float32 call on the same values, rounded once (to within one unit in the last place): stricter
+than the rule, whose half-precision baseline is loose. A case whose reference in the input dtype
+overflows (inf or NaN where float64 is finite) gives no baseline; the backend must then still be
+finite and match the infinities. The accuracy at huge lse beyond these floors is pinned by
+test_precision.py.
 
 Cases are drawn from ``random.Random(seed)`` and a seeded ``torch.Generator``: a failure prints
 the case and the one line that reruns it. The default run draws 300 cases; the marker
@@ -62,6 +65,7 @@ the case and the one line that reruns it. The default run draws 300 cases; the m
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from dataclasses import dataclass
@@ -73,7 +77,7 @@ import attnkit
 from attnkit.kernels import dropout
 from attnkit.kernels.api import validate
 from attnkit.kernels.reference import reference_pattern, visibility
-from tests.kernels.tiles import small_tiles
+from tests.kernels.tiles import small_blocks, small_tiles
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 U = 2.0**-24  # half a unit in the last place of a float32 score: the kernels' work dtype
@@ -87,7 +91,8 @@ class Case:
     """One random call; ``make_case(seed)`` rebuilds it exactly."""
 
     seed: int
-    backend: str  # "blockwise", "blockwise small tiles" (threads, key splits) or "sdpa"
+    backend: str  # "blockwise", "fused", their "... small tiles" (threads, key splits, several
+    # blocks of pieces) or "sdpa"
     dtype: str
     b: int
     hq: int
@@ -118,7 +123,8 @@ class Case:
 
 def make_case(seed: int, max_len: int = 64) -> Case:
     r = random.Random(seed)
-    backend = r.choices(["blockwise", "blockwise small tiles", "sdpa"], [4, 4, 2])[0]
+    backend = r.choices(["blockwise", "blockwise small tiles", "sdpa", "fused",
+                         "fused small tiles"], [4, 4, 2, 3, 3])[0]
     dtype = r.choices(list(DTYPES), [2, 1, 1])[0]
     hkv = r.randint(1, 3)
     hq = hkv * r.randint(1, 3)
@@ -155,7 +161,7 @@ def make_case(seed: int, max_len: int = 64) -> Case:
     softcap = r.choice([0.5, 5.0, 50.0]) if r.random() < 0.25 else None
     sinks = r.choice([1.0, 5.0]) if r.random() < 0.25 else 0.0
     dropout_p = r.choice([0.1, 0.5]) if r.random() < 0.2 else 0.0
-    if backend == "sdpa":
+    if backend == "sdpa" or backend.startswith("fused"):  # (they refuse these options)
         softcap, sinks, dropout_p = None, 0.0, 0.0
     if dropout_p:
         cut = 0
@@ -220,18 +226,32 @@ def make_inputs(case: Case):
 
 def run_backend(backend: str, dtype, q, k, v, opts, grad_out, lse_weights, loss: str) -> dict:
     """Output, lse and the gradients of the case's loss, for one backend in ``dtype``."""
-    name = "blockwise" if backend.startswith("blockwise") else backend
+    name = backend.split()[0]
     with_lse = name != "sdpa"
     leaves = {name: t.detach().to(dtype).requires_grad_() for name, t in zip("qkv", (q, k, v))}
     opts = dict(opts)
     for option in ("bias", "sinks"):
         if option in opts:
-            opts[option] = leaves[option] = opts[option].to(dtype).requires_grad_()
+            opts[option] = opts[option].detach().to(dtype)
+            if option == "sinks" or bias_gets_grad(name):
+                opts[option] = leaves[option] = opts[option].requires_grad_()
     result = attnkit.attention(leaves["q"], leaves["k"], leaves["v"], return_lse=with_lse,
                                backend=name, **opts)
     out, lse = result if with_lse else (result, None)
     return {"out": out, "lse": lse,
             **grads_of(leaves, out, lse, grad_out.to(dtype), lse_weights, loss)}
+
+
+def bias_gets_grad(backend: str) -> bool:
+    """The fused kernel gives a bias no gradient (it refuses one that needs it)."""
+    return backend != "fused"
+
+
+def tiles(backend: str, workers: int = 2):
+    """The tile sizes of a case's backend: small ones for "... small tiles"."""
+    if not backend.endswith("small tiles"):
+        return contextlib.nullcontext()
+    return small_tiles(workers) if backend.startswith("blockwise") else small_blocks()
 
 
 def grads_of(leaves: dict, out, lse, grad_out, lse_weights, loss: str) -> dict:
@@ -254,17 +274,19 @@ def run_split(backend: str, dtype, q, k, v, opts, grad_out, lse_weights, loss: s
     spec, scale = validate(q, k, v, **opts)
     seen = visibility(spec, q.device)  # (B|1, Hq|1, Sq, Sk) or None
     leaves = {name: t.detach().to(dtype).requires_grad_() for name, t in zip("qkv", (q, k, v))}
+    bias = opts["bias"].detach().to(dtype) if "bias" in opts else None
     for option in ("bias", "sinks"):
-        if option in opts:
-            leaves[option] = opts[option].to(dtype).requires_grad_()
+        if option in opts and (option == "sinks" or bias_gets_grad(backend)):
+            leaves[option] = opts[option].detach().to(dtype).requires_grad_()
+    bias = leaves.get("bias", bias)
     q_, k_, v_ = leaves["q"], leaves["k"], leaves["v"]
     halves = []
     for keys in (slice(0, cut), slice(cut, None)):
         part = {"scale": scale, "softcap": spec.softcap}
         if seen is not None:
             part["mask"] = seen[..., keys]
-        if "bias" in leaves:
-            part["bias"] = leaves["bias"][..., keys]
+        if bias is not None:
+            part["bias"] = bias[..., keys]
         if "sinks" in leaves and keys.start == 0:
             part["sinks"] = leaves["sinks"]
         halves.append(attnkit.attention(q_, k_[:, :, keys], v_[:, :, keys], return_lse=True,
@@ -380,17 +402,15 @@ def check(case: Case) -> list[str]:
     args = (q, k, v, opts, grad_out, lse_weights, case.loss)
     exact = run_backend("reference", torch.float64, *args)
     base = run_backend("reference", dtype, *args)
-    if case.backend == "blockwise small tiles":
-        with small_tiles():
-            fast = run_backend(case.backend, dtype, *args)
-    else:
+    with tiles(case.backend):
         fast = run_backend(case.backend, dtype, *args)
     p64, lse64 = reference_pattern(q, k, spec, scale)  # (B, Hq, Sq, Sk)
     floor = floors(case, q, k, v, opts, grad_out, lse_weights, scale, exact, p64)
 
     failures: list[str] = []
     forward = ["out", "lse"] if fast["lse"] is not None else ["out"]
-    grads = [name for name in ("dq", "dk", "dv", "dbias", "dsinks") if name in exact]
+    grads = [name for name in ("dq", "dk", "dv", "dbias", "dsinks") if name in exact
+             and name in fast]
     for name in forward:
         judge(name, fast[name], base[name], exact[name], 2, floor[name], failures)
     for name in grads:
@@ -403,11 +423,8 @@ def check(case: Case) -> list[str]:
     if case.cut:
         split = lambda backend, dt: run_split(backend, dt, *args, case.cut)  # noqa: E731
         base_split = split("reference", dtype)
-        if case.backend == "blockwise small tiles":
-            with small_tiles():
-                fast_split = split("blockwise", dtype)
-        else:
-            fast_split = split(case.backend, dtype)
+        with tiles(case.backend):
+            fast_split = split(case.backend.split()[0], dtype)
         for name in ("out", "lse"):
             judge(f"merged {name}", fast_split[name], base_split[name], exact[name], 2,
                   floor[name], failures)
@@ -420,18 +437,20 @@ def check(case: Case) -> list[str]:
 
 
 def check_rounded_once(case: Case, args, fast: dict, failures: list) -> None:
-    """Blockwise computes half-precision inputs in float32: its results must be the float32
-    call's rounded once (within one unit in the last place). Stricter than the rule, whose
-    half-precision baseline is loose. Small tiles are compared on one worker: on two, the
-    threads add their tiles' dK and dV in either order, and where those sums cancel the float32
-    results of two runs differ by more than a half-precision unit of the (small) total."""
+    """Blockwise and fused (with autograd) compute half-precision inputs in float32: their
+    results must be the float32 call's rounded once (within one unit in the last place).
+    Stricter than the rule, whose half-precision baseline is loose. Blockwise's small tiles are
+    compared on one worker: on two, the threads add their tiles' dK and dV in either order, and
+    where those sums cancel the float32 results of two runs differ by more than a
+    half-precision unit of the (small) total."""
     dtype = DTYPES[case.dtype]
     if case.backend == "blockwise small tiles":
-        with small_tiles(workers=1):
+        with tiles(case.backend, workers=1):
             fast = run_backend(case.backend, dtype, *args)
             single = run_backend(case.backend, torch.float32, *args)
     else:
-        single = run_backend(case.backend, torch.float32, *args)
+        with tiles(case.backend):
+            single = run_backend(case.backend, torch.float32, *args)
     finfo = torch.finfo(dtype)
     for name, x in fast.items():
         if x is None:
@@ -467,6 +486,8 @@ def check_pattern(case, q, k, v, opts, lse, exact, lse64, scale, floor, failures
         return p[:, :, rows][..., cols]
 
     lse_rounding = (exact * lse64.abs().nan_to_num(0.0, 0.0, 0.0)[..., None]).max().item() * U
+    if case.backend.startswith("fused"):  # scores rounded by another float32 dot product
+        floor += 2 * math.sqrt(case.d) * largest_score(q, k, opts, scale) * U
     judge("pattern", got, part(naive), part(exact), 2, floor + lse_rounding, failures)
 
 

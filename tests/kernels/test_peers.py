@@ -17,7 +17,7 @@ def qkv(b, hq, hkv, sq, sk, d, dv=None, dtype=torch.float32, seed=0):
             torch.randn(b, hkv, sk, dv or d, generator=g, dtype=dtype))
 
 
-@pytest.mark.parametrize("backend", ["blockwise", "reference", "sdpa"])
+@pytest.mark.parametrize("backend", ["blockwise", "fused", "reference", "sdpa"])
 @pytest.mark.parametrize("case", [
     dict(shape=(2, 4, 4, 77, 77, 40), causal=True),
     dict(shape=(1, 6, 2, 33, 301, 24), causal=False),  # GQA, Sq != Sk
@@ -40,12 +40,13 @@ def test_agrees_with_torch_sdpa(backend, case):
     torch.testing.assert_close(ours, peer, rtol=1e-10, atol=1e-10)
 
 
-def test_gradients_agree_with_torch_sdpa():
+@pytest.mark.parametrize("backend", ["blockwise", "fused"])
+def test_gradients_agree_with_torch_sdpa(backend):
     q, k, v = qkv(2, 4, 2, 150, 150, 32)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     peer_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     grad_out = torch.randn(2, 4, 150, 32)
-    attnkit.attention(*leaves, causal=True, backend="blockwise").backward(grad_out)
+    attnkit.attention(*leaves, causal=True, backend=backend).backward(grad_out)
     F.scaled_dot_product_attention(*peer_leaves, is_causal=True, enable_gqa=True).backward(grad_out)
     for ours, peer in zip(leaves, peer_leaves):
         torch.testing.assert_close(ours.grad, peer.grad, rtol=1e-4, atol=1e-5)

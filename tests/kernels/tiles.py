@@ -1,4 +1,5 @@
-"""Tiny blockwise tiles on worker threads, for tests that must cross tile edges at small sizes."""
+"""Tiny blockwise tiles on worker threads, and small fused blocks, for tests that must cross tile
+edges at small sizes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 import attnkit.kernels.blockwise as blockwise
+import attnkit.kernels.fused_cpu as fused_cpu
 
 
 @contextlib.contextmanager
@@ -20,4 +22,13 @@ def small_tiles(workers: int = 2) -> Iterator[None]:
         patch.setattr(blockwise, "BLOCK_K", 40)
         patch.setattr(blockwise, "MIN_PARALLEL_WORK", 1)
         patch.setattr(blockwise, "WORKERS", workers)
+        yield
+
+
+@contextlib.contextmanager
+def small_blocks() -> Iterator[None]:
+    """Fused-backend blocks of 16 queries: windows cut every call into several blocks of
+    pieces."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fused_cpu, "BLOCK_Q", (16, 16))
         yield
