@@ -81,6 +81,8 @@ class Capture(Captured):
             t = options.get(name)
             if isinstance(t, torch.Tensor):
                 options[name] = t.detach().reshape((1,) * (4 - t.dim()) + tuple(t.shape))
+        if isinstance(options.get("sinks"), torch.Tensor):
+            options["sinks"] = options["sinks"].detach().clone()  # (Hq,)
         # copies: a KV cache may hand out views of buffers it later overwrites
         q, k, lse = q.detach().clone(), k.detach().clone(), lse.detach()
         if self._wanted_heads is not None:
@@ -92,6 +94,8 @@ class Capture(Captured):
                 t = options.get(name)
                 if t is not None and t.shape[1] > 1:
                     options[name] = t.index_select(1, index)
+            if isinstance(options.get("sinks"), torch.Tensor):  # (Hq,) -> (H,): one per slot
+                options["sinks"] = options["sinks"].index_select(0, index)
         record = Record(q, k, lse, options, tuple(heads), hq)
         previous = self._records.get(layer)
         if previous is not None and _continues(previous, record):

@@ -1,7 +1,7 @@
 """Capture files: capture where the model runs, explore anywhere.
 
 ``cap.save("run.safetensors")`` writes what a capture holds — per layer ``q``, ``k`` (after
-rotary embeddings), ``lse`` and the attention options (mask and bias tensors included), the
+rotary embeddings), ``lse`` and the attention options (mask, bias and sinks as tensors), the
 tokens, the model's name and description — into one safetensors file, O(layers · heads · N · d)
 bytes, never N². ``attnkit.load_capture(path)`` reads it back as a ``CaptureFile``, a
 ``Captured`` with the same reading API as a live capture, without transformers or the model.
@@ -34,7 +34,6 @@ FORMAT_VERSION = 1
 """The version this attnkit writes and the newest it reads. Raise it when a reader of the old
 version would misread the new layout."""
 
-_OPTION_NAMES = ("causal", "window", "scale")  # plain options; mask and bias are tensors
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -93,7 +92,7 @@ def save_capture(cap: Captured, path: str | os.PathLike, *, model_name: str | No
         put(f"layer.{layer}.k", record.k)
         put(f"layer.{layer}.lse", record.lse)
         for option, value in record.options.items():
-            if option in ("mask", "bias"):
+            if option in ("mask", "bias", "sinks"):  # tensors
                 if value is not None:
                     put(f"layer.{layer}.{option}", value)
                 continue
@@ -297,4 +296,10 @@ def _record(layer: int, entry: dict[str, Any], tensors: dict[str, torch.Tensor],
             if (name == "mask") != (t.dtype == torch.bool):
                 raise damaged(f"layer {layer}'s {name} has dtype {t.dtype}")
         options[name] = t
+    sinks = tensors.get(f"layer.{layer}.sinks")
+    if sinks is not None and (sinks.dim() != 1 or sinks.shape[0] != h
+                              or not sinks.is_floating_point()):
+        raise damaged(f"layer {layer}'s sinks {tuple(sinks.shape)} {sinks.dtype} are not one "
+                      f"float per captured head ({h})")
+    options["sinks"] = sinks
     return Record(q, k, lse, options, heads, n_heads)

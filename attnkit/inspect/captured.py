@@ -184,9 +184,12 @@ class Captured:
         q = record.q[batch:batch + 1].index_select(1, index)  # (1, h, Sq, D)
         k = record.k[batch:batch + 1].index_select(1, kv)  # (1, h, Sk, D)
         lse = record.lse[batch:batch + 1].index_select(1, index)  # (1, h, Sq)
-        opts = {name: record.options.get(name) for name in ("causal", "window", "scale")}
+        opts = {name: record.options.get(name) for name in ("causal", "window", "scale",
+                                                             "softcap")}
         opts["mask"] = select_one(record.options.get("mask"), batch, index)
         opts["bias"] = select_one(record.options.get("bias"), batch, index)
+        sinks = record.options.get("sinks")  # (H,) one per slot, or None
+        opts["sinks"] = None if sinks is None else sinks.index_select(0, index.to(sinks.device))
         if opts["scale"] is None:
             opts["scale"] = q.shape[-1] ** -0.5
         opts["causal"] = bool(opts["causal"])
@@ -196,9 +199,9 @@ class Captured:
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         """What ``attnkit.pattern`` needs for ``heads`` (None: every captured head) of sequence
         ``batch``: ``(q (1, h, Sq, D), k (1, h, Sk, D), lse (1, h, Sq), options)``, ``k`` holding
-        each query head's own key head and the options (causal, window, mask, bias, scale) cut to
-        that sequence and those heads. For callers that compute many tiles of one sequence:
-        ``pattern(q, k, lse, rows=…, cols=…, **options)``."""
+        each query head's own key head and the options (causal, window, mask, bias, scale,
+        softcap, sinks) cut to that sequence and those heads. For callers that compute many
+        tiles of one sequence: ``pattern(q, k, lse, rows=…, cols=…, **options)``."""
         return self._inputs(layer, heads, batch)
 
     def patterns(self, layer: int, heads: Sequence[int] | None = None, batch: int = 0,
@@ -235,7 +238,7 @@ class Captured:
         query, key = query.to(q.device), key.to(q.device)
         qa = q[0][:, query].double()  # (h, P, D)
         ka = k[0][:, key].double()  # (h, P, D)
-        s = (qa * ka).sum(-1) * opts["scale"]  # (h, P)
+        s = soft_capped((qa * ka).sum(-1) * opts["scale"], opts["softcap"])  # (h, P)
         if opts["bias"] is not None:
             b = opts["bias"][0]  # (h|1, Sq|1, Sk|1)
             rows = query if b.shape[1] > 1 else torch.zeros_like(query)
@@ -248,13 +251,15 @@ class Captured:
 
     def scores(self, layer: int, head: int, batch: int = 0, rows: Index | None = None,
                cols: Index | None = None) -> torch.Tensor:
-        """Scaled scores ``(R, C)`` float32, ``[query, key]``: ``q·k * scale + bias``, -inf where
-        the query may not see the key. ``softmax(scores, -1) == pattern`` on rows that see a key."""
+        """Scaled scores ``(R, C)`` float32, ``[query, key]``: ``q·k * scale + bias`` (soft-capped
+        first, ``c·tanh(s/c)``, where the model caps its logits), -inf where the query may not see
+        the key. ``softmax(scores, -1) == pattern`` on rows that see a key (with attention sinks
+        the pattern is that softmax times ``exp(lse_keys - lse)``: its rows sum to less than 1)."""
         q, k, lse, opts = self._inputs(layer, [head], batch)
         work = work_dtype(q.dtype)
         q_rows = _take(q[0, 0], rows).to(work)  # (R, D)
         k_cols = _take(k[0, 0], cols).to(work)  # (C, D)
-        s = (q_rows * opts["scale"]) @ k_cols.T  # (R, C)
+        s = soft_capped((q_rows * opts["scale"]) @ k_cols.T, opts["softcap"])  # (R, C)
         if opts["bias"] is not None:
             bias = torch.broadcast_to(opts["bias"][0, 0], (q.shape[2], k.shape[2]))
             s = s + _take(_take(bias, rows).T, cols).T.to(work)
@@ -289,6 +294,12 @@ class Captured:
         from attnkit.inspect.capture_file import save_capture
 
         return save_capture(self, path, model_name=model_name, overwrite=overwrite)
+
+
+def soft_capped(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """``softcap * tanh(scores / softcap)`` (Gemma 2's logit soft-capping), or ``scores`` when
+    ``softcap`` is None: what the kernel does to each scaled score before bias and mask."""
+    return scores if softcap is None else softcap * torch.tanh(scores / softcap)
 
 
 def _take(t: torch.Tensor, index: Index | None) -> torch.Tensor:

@@ -56,8 +56,10 @@ class Why:
 
     ``q``, ``k``: ``(d_key,)`` float64, the vectors the model used (after rotary embeddings);
     ``products = q * k``; ``dot = products.sum()``; ``score = dot * scale + bias`` (``bias`` is
-    None when the head has none), or ``-inf`` when the key is ``masked`` (``mask_reason`` says
-    why; its ``weight`` is then 0). ``weight = exp(score - lse)``, the cell of the pattern.
+    None when the head has none; a model that soft-caps its logits, ``softcap`` not None, scores
+    ``softcap * tanh(dot * scale / softcap) + bias``), or ``-inf`` when the key is ``masked``
+    (``mask_reason`` says why; its ``weight`` is then 0). ``weight = exp(score - lse)``, the
+    cell of the pattern (with attention sinks the lse includes the sink).
     ``rank`` is 1 + the number of keys the query scores higher (None when masked) among its
     ``n_visible`` keys; ``competitors`` the query's best keys, best first. ``bands``: for rotary
     models, one ``Band`` per pair of rotated dims, pair order; ``unrotated`` is the rest of the
@@ -76,6 +78,7 @@ class Why:
     products: torch.Tensor
     dot: float
     scale: float
+    softcap: float | None
     bias: float | None
     masked: bool
     mask_reason: str | None
@@ -98,7 +101,8 @@ class Why:
             "layer": self.layer, "head": self.head, "query": self.query, "key": self.key,
             "batch": self.batch, "query_token": self.query_token, "key_token": self.key_token,
             "q": self.q.tolist(), "k": self.k.tolist(), "products": self.products.tolist(),
-            "dot": self.dot, "scale": self.scale, "bias": self.bias, "masked": self.masked,
+            "dot": self.dot, "scale": self.scale, "softcap": self.softcap, "bias": self.bias,
+            "masked": self.masked,
             "mask_reason": self.mask_reason, "score": num(self.score), "lse": num(self.lse),
             "weight": self.weight, "rank": self.rank, "n_visible": self.n_visible,
             "competitors": [{"key": c.key, "token": c.token, "score": num(c.score),
@@ -123,8 +127,10 @@ class Why:
                           f"{self.products[i]:+.3f}" for i in order)
         lines.append(f"  largest products q_i k_i: {parts}")
         bias = "" if self.bias is None else f" + bias {self.bias:+.4f}"
+        capped = ("" if self.softcap is None
+                  else f", soft-capped {self.softcap:g}·tanh(·/{self.softcap:g})")
         lines.append(f"  q . k = {self.dot:+.4f} (sum of {self.q.numel()} products) x scale "
-                     f"{self.scale:.4f}{bias} = score {self.score:+.4f}")
+                     f"{self.scale:.4f}{capped}{bias} = score {self.score:+.4f}")
         if self.masked:
             lines.append(f"  masked ({self.mask_reason}): the query cannot see this key; "
                          "weight 0")
@@ -140,7 +146,7 @@ class Why:
 def why(cap: Captured, layer: int, head: int, query: int, key: int, batch: int = 0,
         top: int = TOP) -> Why:
     """``Why`` for one cell of ``cap`` (see ``Captured.why``)."""
-    from attnkit.inspect.captured import visible_pairs
+    from attnkit.inspect.captured import soft_capped, visible_pairs
 
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise AttnkitError(f"top must be a positive int; got {top!r}")
@@ -154,7 +160,8 @@ def why(cap: Captured, layer: int, head: int, query: int, key: int, batch: int =
     keys = k_all[0, 0].double().cpu()  # (Sk, D)
     scale = float(opts["scale"])
     dots = keys @ q  # (Sk,) every key's q . k for this query, float64
-    scores = dots * scale
+    softcap = opts["softcap"]
+    scores = soft_capped(dots * scale, softcap)
     bias_row = None
     if opts["bias"] is not None:
         b = opts["bias"][0, 0].double().cpu()  # (Sq|1, Sk|1)
@@ -183,6 +190,7 @@ def why(cap: Captured, layer: int, head: int, query: int, key: int, batch: int =
         layer=layer, head=head, query=query, key=key, batch=batch,
         query_token=token(query), key_token=token(key),
         q=q, k=keys[key].clone(), products=products, dot=float(dots[key]), scale=scale,
+        softcap=None if softcap is None else float(softcap),
         bias=None if bias_row is None else float(bias_row[key]),
         masked=masked, mask_reason=_reason(cpu_opts, query, key, sq, sk) if masked else None,
         score=float(row[key]), lse=lse, weight=float(weights[key]),

@@ -97,8 +97,8 @@ def kq_data(cap: Captured, kept: Sequence[tuple[int, int]], *, batch: int = 0,
     the chosen one first): per head the queries, keys and log-sum-exp of sequence ``batch``, per
     layer its scale and masking; the model's tokens, and ``positions`` (the model position of
     each token shown, when some were left out). Heads beyond ``budget`` numbers are left out
-    (the chosen one never); so are layers with a bias or a general mask, which the page does
-    not recompute. None when no head qualifies."""
+    (the chosen one never); so are layers with a bias, a general mask or soft-capped logits,
+    which the page does not recompute. None when no head qualifies."""
     n = cap.seq_len(batch)
     tokens = (cap.tokens_of(batch) or [str(i) for i in range(n)])[:n]
     layers: dict[str, Any] = {}
@@ -109,7 +109,7 @@ def kq_data(cap: Captured, kept: Sequence[tuple[int, int]], *, batch: int = 0,
         options = cap.options(layer)
         mask = options.get("mask")
         padding_only = mask is None or (mask.shape[1] == 1 and mask.shape[2] == 1)
-        if options.get("bias") is not None or not padding_only:
+        if options.get("bias") is not None or not padding_only or options.get("softcap"):
             continue
         q_all, k_all = cap.queries(layer), cap.keys(layer)  # (B, H, Sq, D), (B, Hk, Sk, D)
         slot = cap.heads.index(head)

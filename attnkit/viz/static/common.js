@@ -128,6 +128,10 @@ var AK = (function () {
     var lines = ["q · k = Σ q_i k_i over " + d + " dims = " + fmt(w.dot)];
     var root = Math.abs(w.scale * Math.sqrt(d) - 1) < 1e-6 ? " (1/√" + d + ")" : "";
     lines.push("× scale " + fmt(w.scale) + root + " = " + fmt(w.dot * w.scale));
+    if (w.softcap !== null && w.softcap !== undefined) {
+      lines.push("soft-capped: " + fmt(w.softcap) + "·tanh(· / " + fmt(w.softcap) + ") = " +
+                 fmt(w.softcap * Math.tanh(w.dot * w.scale / w.softcap)));
+    }
     if (w.bias !== null && w.bias !== undefined) lines.push(signed(w.bias) + " bias");
     if (w.masked) {
       lines.push("masked (" + w.mask_reason + "): score −∞, weight 0");
