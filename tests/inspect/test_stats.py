@@ -84,7 +84,8 @@ def test_llama_gqa_causal_statistics_equal_eager(llama_run):
     assert ours.layers == [0, 1] and ours.heads == list(range(8))
     assert ours.queries.tolist() == [[float(real.sum())] * 8] * 2  # padding queries left out
     check_against(ours, eager_stats(eager, real))
-    torch.testing.assert_close(ours.distance.sum(-1), torch.ones(2, 8, dtype=torch.float64))
+    torch.testing.assert_close(ours.distance.sum(-1), torch.ones(2, 8, dtype=torch.float64),
+                               rtol=0, atol=1e-5)  # float32 rows sum to 1 within ~1e-6
 
 
 def test_small_tiles_give_the_same_numbers(llama_run, monkeypatch):
