@@ -111,16 +111,21 @@ def compare(cfg: dict, group=None) -> dict:
     return result
 
 
-def matrix(configs: list[dict], merge_rows: int | None = None, small_tiles: bool = False) -> dict:
+def matrix(configs: list[dict], merge_rows: int | None = None, small_tiles: bool = False,
+           call_rows: int | None = None) -> dict:
     """``compare`` every config. ``merge_rows``: merge the ring's partial results that many rows
     at a time (small: the sliced path); ``small_tiles``: blockwise tiles of 16 x 40 on two worker
-    threads, so tile edges fall inside the ring's calls."""
+    threads, so tile edges fall inside the ring's calls; ``call_rows``: the ring's calls cut
+    into that many query rows (small: every chunk cut, some unevenly)."""
     import contextlib
 
+    import attnkit.distributed.plan as plan
     import attnkit.distributed.tiles as tiles
 
     if merge_rows is not None:
         tiles.MERGE_ROWS = merge_rows
+    if call_rows is not None:
+        plan.CALL_ROWS = call_rows
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if small_tiles:

@@ -140,9 +140,10 @@ def test_equals_pytorch_templated_ring_attention(two_ranks):
 
 @pytest.fixture(scope="module")
 def three_ranks():
-    # the ring merges 3 rows at a time here: the sliced merge crosses every call's rows
-    return launch(3, [("matrix", {"configs": full_matrix(), "merge_rows": 3}), ("errors", {}),
-                      ("layouts", {})])
+    # the ring's calls have at most 3 query rows here (chunks of 4 cut 3 + 1) and merge 2 rows
+    # at a time: the sliced merge crosses the calls' rows
+    return launch(3, [("matrix", {"configs": full_matrix(), "merge_rows": 2, "call_rows": 3}),
+                      ("errors", {}), ("layouts", {})])
 
 
 @pytest.mark.slow
