@@ -19,6 +19,10 @@ CASES = [{"model": model, "layout": layout, "mode": mode, "padded": padded}
          if model == "llama" or padded]  # mistral: sliding window, with padding
 CASES.append({"model": "llama", "layout": "zigzag", "mode": "ring", "padded": True,
               "dtype": "float32"})
+# Gemma 2 (soft-capping) and GPT-OSS (sinks), both with sliding-window layers
+CASES += [{"model": "gemma2", "layout": "zigzag", "mode": "ring", "padded": True},
+          {"model": "gpt_oss", "layout": "zigzag", "mode": "ring", "padded": True},
+          {"model": "gpt_oss", "layout": "contiguous", "mode": "ulysses", "padded": False}]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +51,7 @@ def test_logits_and_gradients_equal_one_process(ranks):
             assert got["restored"] == "attnkit", name  # the block put the model back
             if "float64" in name:
                 assert got["logits"] <= 1e-10 and got["grads"] <= 1e-10, (name, got)
+                assert got.get("norm_grads_relative", 0.0) <= 1e-6, (name, got)
             else:
                 assert got["logits_vs_64"] <= 2 * got["one_vs_64"] + 1e-6, (name, got)
 
@@ -83,3 +88,4 @@ def test_model_errors(ranks):
         assert "must be even" in got["odd shard"]["message"]
         assert "output_attentions" in got["output_attentions"]["message"]
         assert "not a Hugging Face" in got["not hf"]["message"]
+        assert "does not apply attention dropout across shards" in got["dropout"]["message"]
