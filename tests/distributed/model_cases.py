@@ -1,8 +1,9 @@
 """What each rank runs for the context-parallel model tests (see ``worker.py``).
 
 Small Llama-, Mistral-, Gemma 2- and GPT-OSS-style models built from configs (random weights,
-float64), the same on every rank; each rank feeds its shard through ``akd.context_parallel`` and the gathered logits,
-gradients and captured patterns are compared with one process running the model on "attnkit".
+float64), the same on every rank; each rank feeds its shard through ``akd.context_parallel``
+and the gathered logits, gradients and captured patterns are compared with one process running
+the model on "attnkit".
 """
 
 from __future__ import annotations
@@ -131,34 +132,36 @@ def hf_errors() -> dict:
     return out
 
 
-def capture(where: str) -> dict:
+def capture(where: str, kind: str = "mistral", layer: int = 1) -> dict:
     """Capture a context-parallel forward on every rank (``where="all"``) or on rank 0 only;
-    compare the captured q, k, lse and patterns with one process's capture."""
+    compare the captured q, k, lse and patterns of ``layer`` with one process's capture."""
     world, rank = dist.get_world_size(), dist.get_rank()
-    model = _model("mistral")
+    model = _model(kind)
     ids, mask = _inputs(world, padded=True)
     records = where == "all" or rank == 0
     result = {}
     with akd.context_parallel(model, layout="zigzag") as cp, torch.no_grad():
         if records:
-            with attnkit.capture(model, layers=[1], heads=[0, 3]) as cap:
+            with attnkit.capture(model, layers=[layer], heads=[0, 3]) as cap:
                 model(input_ids=cp.shard(ids), attention_mask=cp.shard(mask))
         else:
             model(input_ids=cp.shard(ids), attention_mask=cp.shard(mask))
     result["records"] = records
     if not records:
         return result
-    with torch.no_grad(), attnkit.capture(model, layers=[1], heads=[0, 3]) as one:
+    with torch.no_grad(), attnkit.capture(model, layers=[layer], heads=[0, 3]) as one:
         model(input_ids=ids, attention_mask=mask)
     result.update({
         "layers": cap.layers, "heads": cap.heads,
-        "q": _err(cap.queries(1), one.queries(1)), "k": _err(cap.keys(1), one.keys(1)),
-        "lse": _err(cap.lse(1), one.lse(1)),
-        "pattern": max(_err(cap.pattern(1, h, batch=b), one.pattern(1, h, batch=b))
+        "q": _err(cap.queries(layer), one.queries(layer)),
+        "k": _err(cap.keys(layer), one.keys(layer)),
+        "lse": _err(cap.lse(layer), one.lse(layer)),
+        "pattern": max(_err(cap.pattern(layer, h, batch=b), one.pattern(layer, h, batch=b))
                        for h in (0, 3) for b in (0, 1)),
-        "rows": _err(cap.pattern(1, 3, rows=[2, 9, 15]), one.pattern(1, 3, rows=[2, 9, 15])),
-        "options": {k: str(v) for k, v in cap.options(1).items() if k != "mask"},
-        "seq_len": [cap.seq_len(0), cap.seq_len(1), one.seq_len(1)],
+        "rows": _err(cap.pattern(layer, 3, rows=[2, 9, 15]),
+                      one.pattern(layer, 3, rows=[2, 9, 15])),
+        "options": {k: str(v) for k, v in cap.options(layer).items() if k != "mask"},
+        "seq_len": [cap.seq_len(0), cap.seq_len(layer), one.seq_len(layer)],
     })
     # outside the block the model runs "attnkit" again, and a capture does not see a
     # context-parallel model switched by hand
