@@ -18,7 +18,7 @@ from attnkit.distributed.groups import Group, resolve
 from attnkit.distributed.layouts import check_layout, chunks, local_error
 from attnkit.distributed.plan import Band, RingPlan, calls
 from attnkit.distributed.ring import ring_attention
-from attnkit.distributed.tiles import Local
+from attnkit.distributed.tiles import Local, with_sinks
 from attnkit.distributed.ulysses import ulysses_attention
 from attnkit.errors import AttnkitError, InputTypeError
 from attnkit.kernels.api import attention as local_attention
@@ -40,6 +40,9 @@ def attention(
     window: tuple[int | None, int | None] | None = None,
     key_mask: torch.Tensor | None = None,
     scale: float | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
     return_lse: bool = False,
     group: Any = None,
     backend: str | None = None,
@@ -63,6 +66,16 @@ def attention(
         key_mask: ``(B, nk)`` bool, this rank's part of a key-padding mask (True = may attend),
             sharded like the keys; ``(B, 1, 1, nk)`` is accepted too.
         scale: multiplies the dot products; default ``1/sqrt(D)``.
+        softcap: as ``attnkit.attention`` (Gemma 2): each scaled score becomes
+            ``softcap * tanh(s / softcap)``; every local call applies it to its own scores.
+        sinks: ``(Hq,)``, as ``attnkit.attention`` (GPT-OSS): one logit per query head in every
+            row's softmax denominator, the same tensor on every rank. It is joined once to each
+            row's final ``(out, lse)``, after all key blocks are merged. Its gradient on each
+            rank is that rank's rows' share: sum it over the group (as for any parameter every
+            rank holds) to get one process's.
+        dropout_p: must be 0: attnkit's dropout mask is drawn per (batch, head, query, key)
+            position of one call, and a shard's calls see their own positions, so it would not
+            be one process's mask. Refused by name otherwise.
         return_lse: also return the log-sum-exp of each of this rank's queries.
         group: None (the default process group), a ``ProcessGroup``, a 1-D ``DeviceMesh`` or
             ``(mesh, dim)``.
@@ -78,8 +91,8 @@ def attention(
         CommunicationError when another rank stops answering (within the group's timeout).
     """
     out, lse, _ = run(q, k, v, layout=layout, mode=mode, causal=causal, window=window,
-                      key_mask=key_mask, scale=scale, return_lse=return_lse, group=group,
-                      backend=backend)
+                      key_mask=key_mask, scale=scale, softcap=softcap, sinks=sinks,
+                      dropout_p=dropout_p, return_lse=return_lse, group=group, backend=backend)
     return (out, lse) if return_lse else out
 
 
@@ -90,18 +103,20 @@ class Checked:
     scale: float
     window: tuple[int | None, int | None] | None
     key_mask: torch.Tensor | None  # (B, nk) bool
+    softcap: float | None
+    sinks: torch.Tensor | None  # (Hq,)
 
 
 def run(q, k, v, *, layout, mode, causal, window, key_mask, scale, return_lse, group, backend,
-        anyone: dict[str, Any] | None = None, what: str = "akd.attention"
-        ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+        softcap=None, sinks=None, dropout_p=0.0, anyone: dict[str, Any] | None = None,
+        what: str = "akd.attention") -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
     """``attention`` that also shares ``anyone`` (per-rank facts, e.g. who records) during the
     agreement step and returns every rank's. Returns ``(out, lse, everyone's anyone)``."""
     grp = resolve(group)
     error, described, checked = None, {}, None
     try:
         checked, described = _check(q, k, v, layout, mode, causal, window, key_mask, scale,
-                                    return_lse, grp, backend)
+                                    softcap, sinks, dropout_p, return_lse, grp, backend)
     except AttnkitError as caught:
         error = caught
     everyone = agree(grp, what, described, error,
@@ -109,13 +124,14 @@ def run(q, k, v, *, layout, mode, causal, window, key_mask, scale, return_lse, g
     mask = checked.key_mask
     if mask is None and any(e["key_mask"] for e in everyone):  # another rank pads its keys
         mask = torch.ones(q.shape[0], k.shape[2], dtype=torch.bool, device=q.device)
-    local = Local(scale=checked.scale, backend=backend)
+    local = Local(scale=checked.scale, backend=backend, softcap=checked.softcap)
     nq, nk = q.shape[2], k.shape[2]
     band = Band.of(causal, checked.window, grp.size * nq, grp.size * nk)
     if grp.size == 1:
         m = None if mask is None else mask[:, None, None, :]
         out, lse = local_attention(q, k, v, causal=causal, window=checked.window, mask=m,
-                                   scale=checked.scale, return_lse=True, backend=backend)
+                                   scale=checked.scale, softcap=checked.softcap,
+                                   return_lse=True, backend=backend)
     elif mode == "ring":
         plan = RingPlan.build(band, layout, grp.rank, grp.size, nq, nk)
         out, lse = ring_attention(q, k, v, mask, plan, grp, local)
@@ -123,11 +139,13 @@ def run(q, k, v, *, layout, mode, causal, window, key_mask, scale, return_lse, g
         out, lse = allgather_attention(q, k, v, mask, band, layout, grp, local)
     else:
         out, lse = ulysses_attention(q, k, v, mask, band, layout, grp, local)
+    if checked.sinks is not None:  # once per row, after every key block (no collective)
+        out, lse = with_sinks(out, lse, checked.sinks)
     return out, lse, everyone
 
 
-def _check(q, k, v, layout, mode, causal, window, key_mask, scale, return_lse, grp: Group,
-           backend) -> tuple[Checked, dict[str, Any]]:
+def _check(q, k, v, layout, mode, causal, window, key_mask, scale, softcap, sinks, dropout_p,
+           return_lse, grp: Group, backend) -> tuple[Checked, dict[str, Any]]:
     """Local checks (every message names the argument and a fix) → the validated options and the
     description the ranks compare."""
     check_layout(layout)
@@ -136,7 +154,14 @@ def _check(q, k, v, layout, mode, causal, window, key_mask, scale, return_lse, g
     if not isinstance(return_lse, bool):
         raise InputTypeError(f"return_lse must be True or False; got {return_lse!r}")
     mask4 = _key_mask_4d(key_mask, q, k)
-    spec, scale = validate(q, k, v, causal=causal, window=window, mask=mask4, scale=scale)
+    spec, scale = validate(q, k, v, causal=causal, window=window, mask=mask4, scale=scale,
+                           softcap=softcap, sinks=sinks, dropout_p=dropout_p)
+    if spec.dropout_p > 0:
+        raise AttnkitError(
+            f"akd.attention does not apply dropout across shards (dropout_p={spec.dropout_p}): "
+            "attnkit's dropout mask is drawn per (batch, head, query, key) position of one "
+            "call, and each rank's calls see their own positions, so the mask would not be one "
+            "process's; pass dropout_p=0 (as at evaluation), or run the call on one process")
     for name, t in (("q", q), ("k", k)):
         if t.shape[2] == 0:
             raise AttnkitError(f"{name} has local length 0 ({tuple(t.shape)}); every rank needs "
@@ -151,13 +176,16 @@ def _check(q, k, v, layout, mode, causal, window, key_mask, scale, return_lse, g
             "or mode='allgather', or a group whose size divides the heads")
     if backend is not None:
         _check_backend(q, k, v, spec, scale, grp, layout, mode, backend, mask4 is not None)
+    given = None if spec.sinks is None else [float(x) for x in spec.sinks.detach().cpu()]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     mask = None if mask4 is None else mask4[:, 0, 0, :].expand(q.shape[0], k.shape[2])
     described = {"q shape": tuple(q.shape), "k shape": tuple(k.shape), "v shape": tuple(v.shape),
                  "dtype": str(q.dtype), "device type": q.device.type, "layout": layout,
                  "mode": mode, "causal": bool(causal), "window": spec.window, "scale": scale,
-                 "backend": backend, "whether gradients are needed": needs_grad}
-    return Checked(scale=scale, window=spec.window, key_mask=mask), described
+                 "softcap": spec.softcap, "sinks": given, "backend": backend,
+                 "whether gradients are needed": needs_grad}
+    return Checked(scale=scale, window=spec.window, key_mask=mask, softcap=spec.softcap,
+                   sinks=spec.sinks), described
 
 
 def _key_mask_4d(key_mask, q, k) -> torch.Tensor | None:
@@ -200,4 +228,4 @@ def _check_backend(q, k, v, spec, scale, grp: Group, layout, mode, backend, mask
         tiny = [t[:1, :, :1].detach().requires_grad_(needs_grad) for t in (q, k, v)]
         mask = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=q.device) if masked else None
         local_attention(*tiny, causal=causal, window=window, mask=mask, scale=scale,
-                        return_lse=True, backend=backend)
+                        softcap=spec.softcap, return_lse=True, backend=backend)

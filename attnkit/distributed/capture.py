@@ -43,6 +43,7 @@ def record_whole(group: Group, layout: str, module: Any, recorder: Any, q: torch
             mask_all = mask_all[:, None, None, :]
     if recorder is None:
         return
+    scores = {name: options[name] for name in ("softcap", "sinks") if options.get(name) is not None}
     recorder.record(module, q_all, k_all, lse_all,
                     {"causal": options["causal"], "window": options.get("window"),
-                     "mask": mask_all, "scale": options.get("scale")})
+                     "mask": mask_all, "scale": options.get("scale"), **scores})

@@ -141,7 +141,7 @@ def context_parallel(model: torch.nn.Module, group: Any = None, layout: str = "z
 
     Args:
         model: a transformers model whose attention goes through ``AttentionInterface``
-            (Llama, Mistral, Qwen2, GPT-2, ...).
+            (Llama, Mistral, Qwen2, GPT-2, Gemma 2's soft-capping, GPT-OSS's sinks, ...).
         group, layout, mode, backend: as ``akd.attention``.
     """
     hf.check_supported(model)
@@ -188,12 +188,14 @@ def context_parallel_attention(
             "'attnkit' with model.set_attn_implementation('attnkit')")
     if dropout and module.training:
         raise AttnkitError(
-            f"attnkit attention has no dropout, but {name} is in training mode with attention "
-            f"dropout {dropout}; call model.eval(), or set the config's attention dropout to 0")
-    for unsupported in ("softcap", "s_aux", "position_bias"):
-        if kwargs.get(unsupported) is not None:
-            raise AttnkitError(f"context_parallel does not support `{unsupported}` ({name}); "
-                               "run this model on one process")
+            f"context_parallel does not apply attention dropout across shards, but {name} is in "
+            f"training mode with attention dropout {dropout} (attnkit's dropout mask is drawn "
+            "per position of one call, and a shard's calls see their own positions); call "
+            "model.eval(), or set the config's attention dropout to 0")
+    if kwargs.get("position_bias") is not None:
+        raise AttnkitError(f"context_parallel does not support `position_bias` ({name}): a "
+                           "(B, H, Sq, Sk) bias cannot be split by the ring; run this model on "
+                           "one process")
     if kwargs.get("output_attentions") or attentions_requested():
         raise AttnkitError(
             "output_attentions under context_parallel would build a (B, H, n, N) pattern per "
@@ -204,13 +206,15 @@ def context_parallel_attention(
             "(transformers built a general (B, 1, Sq, Sk) mask), which context_parallel cannot "
             "split; run this model on one process")
     options = hf.attention_options(module, query, key, attention_mask, scaling=scaling,
-                                   is_causal=is_causal)
+                                   is_causal=is_causal, softcap=kwargs.get("softcap"),
+                                   s_aux=kwargs.get("s_aux"))
     recorder = recording._ACTIVE.get()
     wants = recorder is not None and recorder.wants(module)
     out, lse, everyone = run(
         query, key, value, layout=cp.layout, mode=cp.mode, causal=options["causal"],
         window=options.get("window"), key_mask=options.get("mask"), scale=options["scale"],
-        return_lse=True, group=cp.group, backend=cp.backend, anyone={"record": wants},
+        softcap=options.get("softcap"), sinks=options.get("sinks"), return_lse=True,
+        group=cp.group, backend=cp.backend, anyone={"record": wants},
         what=f"context_parallel ({name}, layer {getattr(module, 'layer_idx', '?')})")
     recorders = [r for r, e in enumerate(everyone) if e["record"]]
     if recorders:

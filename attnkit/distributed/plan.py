@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 from attnkit.distributed.layouts import Chunk, chunks
 
-__all__ = ["Band", "Call", "calls", "RingPlan"]
+__all__ = ["Band", "Call", "calls", "RingPlan", "CALL_ROWS"]
+
+# queries per ring call: a multiple of the blockwise kernel's query tile (so the tiles it makes are
+# the ones it would make on the whole block), and small enough that one call's (out, lse) is a
+# few MB (2048 rows x 4 heads x 64 dims in float32: 2 MiB) however long the sequence
+CALL_ROWS = 2048
 
 
 @dataclass(frozen=True)
@@ -96,9 +101,24 @@ def _local_options(band: Band, q_lo: int, q_hi: int, k_lo: int,
     return False, (left, right)
 
 
-def calls(band: Band, q_chunks: tuple[Chunk, ...], k_chunks: tuple[Chunk, ...]) -> tuple[Call, ...]:
+def calls(band: Band, q_chunks: tuple[Chunk, ...], k_chunks: tuple[Chunk, ...],
+          rows: int | None = None) -> tuple[Call, ...]:
     """The local calls that cover every visible cell of ``q_chunks x k_chunks`` (each chunk is
-    ``(global start, global stop, local start)``), neighbouring unmasked tiles joined."""
+    ``(global start, global stop, local start)``), neighbouring unmasked tiles joined. With
+    ``rows``, no call has more than ``rows`` queries: each chunk is cut into slices of that
+    many first, so a call's result (and its merge) stays that small whatever the length."""
+    if rows is None:
+        return tuple(_join(_tiles(band, q_chunks, k_chunks)))
+    found = []
+    for a0, a1, qa in q_chunks:
+        for s0 in range(a0, a1, rows):
+            piece = ((s0, min(s0 + rows, a1), qa + s0 - a0),)
+            found += _join(_tiles(band, piece, k_chunks))
+    return tuple(sorted(found, key=lambda c: (c.q0, c.k0)))
+
+
+def _tiles(band: Band, q_chunks: tuple[Chunk, ...], k_chunks: tuple[Chunk, ...]) -> list[Call]:
+    """One call per (query chunk, key chunk) pair the band does not hide, trimmed to its cells."""
     found = []
     for a0, a1, qa in q_chunks:
         for b0, b1, kb in k_chunks:
@@ -109,7 +129,7 @@ def calls(band: Band, q_chunks: tuple[Chunk, ...], k_chunks: tuple[Chunk, ...]) 
             causal, window = _local_options(band, *cut)
             found.append(Call(q_lo - a0 + qa, q_hi - a0 + qa, k_lo - b0 + kb, k_hi - b0 + kb,
                               causal, window))
-    return tuple(_join(found))
+    return found
 
 
 def _join(found: list[Call]) -> list[Call]:
@@ -140,7 +160,9 @@ def _join(found: list[Call]) -> list[Call]:
 class RingPlan:
     """The ring schedule every rank computes identically.
 
-    At step ``t`` rank ``r`` holds the key/value block of rank ``(r - t) % W``. Block ``s`` goes
+    At step ``t`` rank ``r`` holds the key/value block of rank ``(r - t) % W``; its calls on a
+    block have at most ``CALL_ROWS`` queries each (the result of one call and its merge are held
+    beside the running output, so they must not grow with the length). Block ``s`` goes
     on around the ring only while some rank further along needs it: ``reach[s]`` is the last
     step at which a rank uses it (0: only its owner, or nobody), so it is sent ``reach[s]``
     times, and the ring stops after ``steps`` steps.
@@ -155,7 +177,8 @@ class RingPlan:
     @classmethod
     def build(cls, band: Band, layout: str, rank: int, size: int, nq: int, nk: int) -> RingPlan:
         tiles = tuple(
-            tuple(calls(band, chunks(layout, r, size, nq), chunks(layout, s, size, nk))
+            tuple(calls(band, chunks(layout, r, size, nq), chunks(layout, s, size, nk),
+                        rows=CALL_ROWS)
                   for s in range(size))
             for r in range(size))
         reach = tuple(max((t for t in range(size) if tiles[(s + t) % size][s]), default=0)

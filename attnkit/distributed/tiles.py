@@ -13,15 +13,17 @@ from attnkit.distributed.plan import Call
 from attnkit.kernels.api import attention
 from attnkit.kernels.merge import merge
 
-__all__ = ["Local", "run_call", "merge_into", "call_grads"]
+__all__ = ["Local", "run_call", "merge_into", "call_grads", "with_sinks"]
 
 
 @dataclass(frozen=True)
 class Local:
-    """What every call of one ``akd.attention`` shares: the scale and the backend asked for."""
+    """What every call of one ``akd.attention`` shares: the scale, the soft-cap (elementwise on
+    the scores, so every tile takes it as is) and the backend asked for."""
 
     scale: float
     backend: str | None
+    softcap: float | None = None
 
 
 def run_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
@@ -31,7 +33,8 @@ def run_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.
     mask = None if key_mask is None else key_mask[:, None, None, call.k0:call.k1]  # (B,1,1,c)
     return attention(q[:, :, call.q0:call.q1], k[:, :, call.k0:call.k1],
                      v[:, :, call.k0:call.k1], causal=call.causal, window=call.window,
-                     mask=mask, scale=local.scale, return_lse=True, backend=local.backend)
+                     mask=mask, scale=local.scale, softcap=local.softcap, return_lse=True,
+                     backend=local.backend)
 
 
 MERGE_ROWS = 1024  # query rows merged at a time: merge's temporaries stay this small
@@ -73,7 +76,8 @@ def call_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torc
     mask = None if key_mask is None else key_mask[:, None, None, call.k0:call.k1]
     with torch.enable_grad():
         out_b, lse_b = attention(qs, ks, vs, causal=call.causal, window=call.window, mask=mask,
-                                 scale=local.scale, return_lse=True, backend=local.backend)
+                                 scale=local.scale, softcap=local.softcap, return_lse=True,
+                                 backend=local.backend)
     work = out.dtype
     lse_all = lse[:, :, rows]  # (B, Hq, r): >= lse_b, and -inf only where lse_b is too
     lse_b_w = lse_b.detach().to(work)
@@ -93,3 +97,25 @@ def call_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torc
 
 def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if grad is None else grad
+
+
+def with_sinks(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A rank's final ``out (B, Hq, n, Dv)``, ``lse (B, Hq, n)`` (over every key of the group)
+    with each row's sink logit ``sinks (Hq,)`` joined to its softmax: ``lse' = logaddexp(lse,
+    sink)`` and ``out' = out * exp(lse - lse')``, as ``attnkit.attention(..., sinks=)`` gives.
+    Joined once per row, after every key block is merged (``merge``'s rule: sinks go to exactly
+    one part). A row that saw no key keeps zeros and gets ``lse' = sink``. Differentiable in all
+    three, with no NaN where a row saw no key; the sinks' gradient is this rank's rows' share
+    (summed over ranks it is one process's)."""
+    work = lse.dtype
+    sink = sinks.to(work)[None, :, None].expand_as(lse)  # (B, Hq, n)
+    top = torch.maximum(lse, sink)
+    base = top.masked_fill(torch.isneginf(top), 0.0)  # -inf only if the sink is -inf too
+    keys, sunk = torch.exp(lse - base), torch.exp(sink - base)  # each side's share of the sum
+    total = keys + sunk
+    seen = total > 0
+    safe = torch.where(seen, total, torch.ones_like(total))  # no log(0) or 1/0 in any gradient
+    lse_new = torch.where(seen, base + torch.log(safe), float("-inf"))
+    out_new = out.to(work) * (keys / safe)[..., None]
+    return out_new.to(out.dtype), lse_new

@@ -109,8 +109,9 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     causal = band.right == 0 and band.left is None
     window = None if causal or (band.left is None and band.right is None) else (band.left,
                                                                                 band.right)
+    # the whole sequence, H/W heads
     out, lse = attention(qh, kh, vh, causal=causal, window=window, mask=mask, scale=local.scale,
-                         return_lse=True, backend=local.backend)  # whole sequence, H/W heads
+                         softcap=local.softcap, return_lse=True, backend=local.backend)
     out = _HeadsToSeq.apply(out, group, layout)  # (B, Hq, Sq, Dv)
     lse = _HeadsToSeq.apply(lse.unsqueeze(-1), group, layout).squeeze(-1)  # (B, Hq, Sq)
     return out, lse

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -191,16 +191,20 @@ def _shared_pool(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def _run(items: list[_Item], work: Callable[[_Item], object], workers: int) -> list[object]:
-    """``[work(item) for item in items]``, on ``workers`` threads when there is more than one."""
+def _run(items: list[_Item], work: Callable[[_Item], object], workers: int
+         ) -> Iterator[object]:
+    """``work(item)`` for each item in order, on ``workers`` threads when there is more than one,
+    yielded as they come: the caller stores each result and drops it before the next, so the
+    results of a whole call (as large as its output) are never held all at once beside it."""
     def untracked(item: _Item) -> object:
         with torch.no_grad():  # grad mode is per thread; kernels never build autograd graphs
             return work(item)
 
     if workers <= 1 or len(items) <= 1:
-        return [untracked(item) for item in items]
+        yield from map(untracked, items)
+        return
     with torch_threads(1):  # torch ops run on one thread each while our workers share the cores
-        return list(_shared_pool(workers).map(untracked, items))
+        yield from _shared_pool(workers).map(untracked, items)
 
 
 # ---- scores of one tile ----------------------------------------------------------------------
@@ -444,7 +448,8 @@ def _backward(q, k, v, out, m, l, dout, dlse, spec: MaskSpec, scale: float, bias
                     _add_bias_grad(dbias, ds, spec, item, k0, k1)
 
     workers = _workers(spec, b)
-    _run(_plan(spec, b, workers, split_keys=False), grads_of_tile, workers)
+    for _ in _run(_plan(spec, b, workers, split_keys=False), grads_of_tile, workers):
+        pass  # each tile adds its own gradients
     dq = _ungrouped(dq.mul_(scale), spec.hq)
     # qt carried scale * log2(e) (or scale / softcap); dK wants scale alone
     dk.mul_(LN2 if spec.softcap is None else spec.softcap)

@@ -46,11 +46,19 @@ def _inputs(cfg: dict, world: int):
     v = torch.randn(b, hkv, nk, dv, generator=gen, dtype=torch.float64)
     g_out = torch.randn(b, hq, nq, dv, generator=gen, dtype=torch.float64)
     g_lse = torch.randn(b, hq, nq, generator=gen, dtype=torch.float64)
+    sinks = None
+    if cfg.get("sinks"):  # a few units either side of the scores: the sink takes a real share
+        sinks = 2 * torch.randn(hq, generator=gen, dtype=torch.float64)
     mask = None
     if cfg.get("padding"):
         mask = torch.rand(b, nk, generator=gen) > 0.3
         mask[-1, : nk // 2] = False  # early queries of the last sequence see no key at all
-    return q, k, v, g_out, g_lse, mask
+    return q, k, v, g_out, g_lse, mask, sinks
+
+
+def _options(cfg: dict) -> dict:
+    """The mask options of ``cfg`` and its soft-cap (``"softcap"``: a number or absent)."""
+    return {**MASKS[cfg["mask"]], "softcap": cfg.get("softcap")}
 
 
 def _loss(out, lse, g_out, g_lse):
@@ -58,69 +66,83 @@ def _loss(out, lse, g_out, g_lse):
     return (out * g_out).sum() + (lse.masked_fill(torch.isneginf(lse), 0) * g_lse).sum()
 
 
-def _single(q, k, v, g_out, g_lse, mask, opts, dtype, backend=None):
-    """One process's result on the whole tensors: out, lse, dq, dk, dv."""
+def _single(q, k, v, g_out, g_lse, mask, sinks, opts, dtype, backend=None):
+    """One process's result on the whole tensors: out, lse, dq, dk, dv (and dsinks)."""
     leaves = [t.detach().to(dtype).clone().requires_grad_() for t in (q, k, v)]
+    s = None if sinks is None else sinks.detach().to(dtype).clone().requires_grad_()
     m = None if mask is None else mask[:, None, None, :]
-    out, lse = attnkit.attention(*leaves, mask=m, return_lse=True, backend=backend, **opts)
+    out, lse = attnkit.attention(*leaves, mask=m, sinks=s, return_lse=True, backend=backend,
+                                 **opts)
     _loss(out.double(), lse.double(), g_out, g_lse).backward()
-    return [out.detach(), lse.detach()] + [t.grad for t in leaves]
+    return [out.detach(), lse.detach()] + [t.grad for t in leaves] + ([] if s is None
+                                                                      else [s.grad])
 
 
-def _distributed(q, k, v, g_out, g_lse, mask, opts, dtype, layout, mode, group=None,
+def _distributed(q, k, v, g_out, g_lse, mask, sinks, opts, dtype, layout, mode, group=None,
                  call_layout=None):
     """This rank's out, lse, dq, dk, dv through attnkit.distributed (``call_layout``: tell
-    attention a different layout than the one used to shard — a control that must fail)."""
+    attention a different layout than the one used to shard — a control that must fail); with
+    sinks also dsinks, summed over the group (each rank's is its rows' share)."""
     sh = dict(layout=layout, group=group)
     leaves = [akd.shard(t.to(dtype), **sh).detach().requires_grad_() for t in (q, k, v)]
+    s = None if sinks is None else sinks.detach().to(dtype).clone().requires_grad_()
     key_mask = None if mask is None else akd.shard(mask, dim=1, **sh)
-    out, lse = akd.attention(*leaves, key_mask=key_mask, return_lse=True, mode=mode,
+    out, lse = akd.attention(*leaves, key_mask=key_mask, sinks=s, return_lse=True, mode=mode,
                              layout=call_layout or layout, group=group, **opts)
     _loss(out.double(), lse.double(), akd.shard(g_out, **sh), akd.shard(g_lse, **sh)).backward()
-    return [out.detach(), lse.detach()] + [t.grad for t in leaves]
+    if s is not None:
+        dist.all_reduce(s.grad, group=group)
+    return [out.detach(), lse.detach()] + [t.grad for t in leaves] + ([] if s is None
+                                                                      else [s.grad])
 
 
 def _local(whole: list[torch.Tensor], layout: str, group=None) -> list[torch.Tensor]:
-    """This rank's part of one process's results (compared on each rank: no gather needed)."""
-    return [akd.shard(t, layout=layout, group=group) for t in whole]
+    """This rank's part of one process's results (compared on each rank: no gather needed);
+    dsinks (the sixth, if any) is not sharded."""
+    return [akd.shard(t, layout=layout, group=group) if i < 5 else t for i, t in enumerate(whole)]
 
 
-NAMES = ("out", "lse", "dq", "dk", "dv")
+NAMES = ("out", "lse", "dq", "dk", "dv", "dsinks")
 
 
 def compare(cfg: dict, group=None) -> dict:
     world = dist.get_world_size(group)
-    q, k, v, g_out, g_lse, mask = _inputs(cfg, world)
-    opts = MASKS[cfg["mask"]]
+    q, k, v, g_out, g_lse, mask, sinks = _inputs(cfg, world)
+    opts = _options(cfg)
     dtype = getattr(torch, cfg.get("dtype", "float64"))
     layout = cfg["layout"]
-    got = _distributed(q, k, v, g_out, g_lse, mask, opts, dtype, layout, cfg["mode"], group,
-                       call_layout=cfg.get("call_layout"))
+    got = _distributed(q, k, v, g_out, g_lse, mask, sinks, opts, dtype, layout, cfg["mode"],
+                       group, call_layout=cfg.get("call_layout"))
     result = {"cfg": cfg}
     if dtype == torch.float64:
-        one = _local(_single(q, k, v, g_out, g_lse, mask, opts, dtype), layout, group)
+        one = _local(_single(q, k, v, g_out, g_lse, mask, sinks, opts, dtype), layout, group)
         result["err"] = {n: _err(a, b) for n, a, b in zip(NAMES, got, one)}
     else:  # the oracle rule: against the float64 reference, next to the reference in dtype
-        ref64 = _local(_single(q, k, v, g_out, g_lse, mask, opts, torch.float64, "reference"),
-                       layout, group)
-        ref = _local(_single(q, k, v, g_out, g_lse, mask, opts, dtype, "reference"), layout,
-                     group)
+        ref64 = _local(_single(q, k, v, g_out, g_lse, mask, sinks, opts, torch.float64,
+                               "reference"), layout, group)
+        ref = _local(_single(q, k, v, g_out, g_lse, mask, sinks, opts, dtype, "reference"),
+                     layout, group)
         result["err"] = {n: _err(a, b) for n, a, b in zip(NAMES, got, ref64)}
         result["ref_err"] = {n: _err(a, b) for n, a, b in zip(NAMES, ref, ref64)}
         result["grad_scale"] = max(t.abs().max().item() for t in ref64[2:])
     return result
 
 
-def matrix(configs: list[dict], merge_rows: int | None = None, small_tiles: bool = False) -> dict:
+def matrix(configs: list[dict], merge_rows: int | None = None, small_tiles: bool = False,
+           call_rows: int | None = None) -> dict:
     """``compare`` every config. ``merge_rows``: merge the ring's partial results that many rows
     at a time (small: the sliced path); ``small_tiles``: blockwise tiles of 16 x 40 on two worker
-    threads, so tile edges fall inside the ring's calls."""
+    threads, so tile edges fall inside the ring's calls; ``call_rows``: the ring's calls cut
+    into that many query rows (small: every chunk cut, some unevenly)."""
     import contextlib
 
+    import attnkit.distributed.plan as plan
     import attnkit.distributed.tiles as tiles
 
     if merge_rows is not None:
         tiles.MERGE_ROWS = merge_rows
+    if call_rows is not None:
+        plan.CALL_ROWS = call_rows
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if small_tiles:
@@ -181,6 +203,11 @@ def errors() -> dict:
                                                       layout="zigzag"),
         "group": lambda: akd.attention(q, q, q, group="world", **good),
         "dim": lambda: akd.shard(q, layout="contiguous", dim=4),
+        "dropout": lambda: akd.attention(q, q, q, dropout_p=0.1, **good),
+        "sinks shape": lambda: akd.attention(q, q, q, sinks=torch.zeros(1, 4, 1, 1), **good),
+        "sinks differ": lambda: akd.attention(q, q, q, sinks=torch.full((4,), float(rank)),
+                                              **good),
+        "softcap": lambda: akd.attention(q, q, q, softcap=0.0, **good),
     }
     for name, fn in cases.items():
         out[name] = _outcome(fn)

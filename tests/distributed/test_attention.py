@@ -17,7 +17,6 @@ from tests.distributed.launch import launch
 LAYOUTS = ("contiguous", "zigzag")
 MODES = ("ring", "allgather", "ulysses")
 MASKS = ("none", "causal", "window", "window2", "right")
-NAMES = ("out", "lse", "dq", "dk", "dv")
 
 
 def full_matrix() -> list[dict]:
@@ -28,17 +27,25 @@ def full_matrix() -> list[dict]:
     for i, (layout, mode, mask, hkv) in enumerate(itertools.product(LAYOUTS, MODES, MASKS,
                                                                     (12, 3))):
         configs.append({"layout": layout, "mode": mode, "mask": mask, "hq": 12, "hkv": hkv,
-                        "nq": 4, "padding": mask in ("causal", "window"), "seed": i})
+                        "nq": 4, "padding": mask in ("causal", "window"), "seed": i,
+                        **SCORE_OPTIONS[i % 4]})
     for i, (layout, mode, mask) in enumerate(itertools.product(LAYOUTS, MODES,
                                                                ("causal", "window2"))):
         configs.append({"layout": layout, "mode": mode, "mask": mask, "hq": 12, "hkv": 1,
-                        "nq": 2, "nk": 6, "d": 9, "dv": 3, "padding": True, "seed": 100 + i})
+                        "nq": 2, "nk": 6, "d": 9, "dv": 3, "padding": True, "seed": 100 + i,
+                        **SCORE_OPTIONS[i % 4]})
     return configs
+
+
+# a quarter of the cases each: plain, Gemma 2's soft-capping, GPT-OSS's sinks, both (sinks with
+# padding: rows that see no key get lse = sink)
+SCORE_OPTIONS = ({}, {"softcap": 1.5}, {"sinks": True}, {"softcap": 1.5, "sinks": True})
 
 
 def float32_matrix() -> list[dict]:
     return [{"layout": layout, "mode": mode, "mask": mask, "hq": 12, "hkv": 3, "nq": 6, "d": 17,
-             "dv": 11, "padding": mask == "window", "dtype": "float32", "seed": 200 + i}
+             "dv": 11, "padding": mask == "window", "dtype": "float32", "seed": 200 + i,
+             **SCORE_OPTIONS[i % 4]}
             for i, (layout, mode, mask) in enumerate(itertools.product(
                 LAYOUTS, MODES, ("none", "causal", "window", "window2")))]
 
@@ -64,7 +71,8 @@ def check_float64(per_rank: list[dict]) -> None:
     assert per_rank[0]["results"], "no cases ran"
     for results_of_config in zip(*(r["results"] for r in per_rank)):
         cfg = results_of_config[0]["cfg"]
-        for name in NAMES:
+        assert ("dsinks" in results_of_config[0]["err"]) == bool(cfg.get("sinks")), cfg
+        for name in results_of_config[0]["err"]:
             worst = max(r["err"][name] for r in results_of_config)
             assert worst <= 1e-10, f"{name} differs from one process by {worst:.3g}: {cfg}"
 
@@ -73,7 +81,7 @@ def check_float32(per_rank: list[dict]) -> None:
     for results_of_config in zip(*(r["results"] for r in per_rank)):
         cfg = results_of_config[0]["cfg"]
         scale = max(r["grad_scale"] for r in results_of_config)
-        for name in NAMES:
+        for name in results_of_config[0]["err"]:
             err = max(r["err"][name] for r in results_of_config)
             ref = max(r["ref_err"][name] for r in results_of_config)
             factor, floor = (2, 1e-6) if name in ("out", "lse") else (3, 1e-5 * max(1, scale))
@@ -140,9 +148,10 @@ def test_equals_pytorch_templated_ring_attention(two_ranks):
 
 @pytest.fixture(scope="module")
 def three_ranks():
-    # the ring merges 3 rows at a time here: the sliced merge crosses every call's rows
-    return launch(3, [("matrix", {"configs": full_matrix(), "merge_rows": 3}), ("errors", {}),
-                      ("layouts", {})])
+    # the ring's calls have at most 3 query rows here (chunks of 4 cut 3 + 1) and merge 2 rows
+    # at a time: the sliced merge crosses the calls' rows
+    return launch(3, [("matrix", {"configs": full_matrix(), "merge_rows": 2, "call_rows": 3}),
+                      ("errors", {}), ("layouts", {})])
 
 
 @pytest.mark.slow
@@ -209,6 +218,11 @@ EXPECTED = {  # case -> (error class, words the message must hold)
     "unshard lengths differ": ("AttnkitError", ["unshard", "disagree on shape"]),
     "group": ("InputTypeError", ["group must be None", "DeviceMesh"]),
     "dim": ("AttnkitError", ["dim=4 is not a dimension"]),
+    "dropout": ("AttnkitError", ["does not apply dropout across shards", "dropout_p=0.1",
+                                 "pass dropout_p=0"]),
+    "sinks shape": ("AttnkitError", ["sinks must have shape (Hq,) = (4,)"]),
+    "sinks differ": ("AttnkitError", ["disagree on sinks"]),
+    "softcap": ("AttnkitError", ["softcap must be a finite number > 0"]),
 }
 
 

@@ -30,8 +30,9 @@ def _global(parts, local: int) -> int:
 WINDOWS = [None, (0, 0), (1, None), (3, 0), (None, 2), (2, 5), (7, 1)]
 
 
+@pytest.mark.parametrize("rows", [None, 3])  # 3: slices that cut chunks unevenly
 @pytest.mark.parametrize("layout", ["contiguous", "zigzag"])
-def test_calls_cover_every_visible_cell_once_and_no_hidden_cell(layout):
+def test_calls_cover_every_visible_cell_once_and_no_hidden_cell(layout, rows):
     rng = random.Random(0)
     for _ in range(400):
         size = rng.choice([1, 2, 3, 4])
@@ -41,7 +42,8 @@ def test_calls_cover_every_visible_cell_once_and_no_hidden_cell(layout):
         for r, s in itertools.product(range(size), repeat=2):
             qc, kc = chunks(layout, r, size, nq), chunks(layout, s, size, nk)
             cover: dict[tuple[int, int], int] = {}
-            for call in calls(band, qc, kc):
+            for call in calls(band, qc, kc, rows=rows):
+                assert rows is None or call.q1 - call.q0 <= rows
                 assert call.window is None or min(x for x in call.window if x is not None) >= 0
                 for i, j in itertools.product(range(call.q0, call.q1), range(call.k0, call.k1)):
                     if _locally_visible(call, i, j):
