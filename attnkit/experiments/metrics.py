@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnkit.errors import OutOfRangeError
+from attnkit.errors import AttnkitError, OutOfRangeError
 from attnkit.experiments.grammar import WORDS, Sentence
 from attnkit.models.tokenizer import ToyTokenizer
 from attnkit.models.toy import ToyModel
@@ -82,7 +82,7 @@ def adjective_share(view: HeadView) -> AdjectiveShare:
             shares.append(share)
             grouped.setdefault(len(adjectives), []).append(share)
     if not shares:
-        raise ValueError("none of the sentences has a noun with an adjective; nothing to measure")
+        raise AttnkitError("none of the sentences has a noun with an adjective; nothing to measure")
     return AdjectiveShare(
         mean=sum(shares) / len(shares), minimum=min(shares), shares=shares,
         by_count={n: sum(v) / len(v) for n, v in grouped.items()},

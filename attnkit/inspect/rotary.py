@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnkit.errors import AttnkitError
+
 __all__ = ["Rotary", "rotary_of"]
 
 PAIRINGS = ("half", "interleaved")
@@ -46,13 +48,13 @@ class Rotary:
 
     def __post_init__(self) -> None:
         if self.pairing not in PAIRINGS:
-            raise ValueError(f"pairing must be one of {PAIRINGS}; got {self.pairing!r}")
+            raise AttnkitError(f"pairing must be one of {PAIRINGS}; got {self.pairing!r}")
         if not 0 < self.rotary_dim <= self.head_dim or self.rotary_dim % 2:
-            raise ValueError(f"rotary_dim must be even and in 1..{self.head_dim}; "
-                             f"got {self.rotary_dim}")
+            raise AttnkitError(f"rotary_dim must be even and in 1..{self.head_dim}; "
+                               f"got {self.rotary_dim}")
         if self.frequencies is not None and len(self.frequencies) != self.rotary_dim // 2:
-            raise ValueError(f"{len(self.frequencies)} frequencies for "
-                             f"{self.rotary_dim // 2} pairs")
+            raise AttnkitError(f"{len(self.frequencies)} frequencies for "
+                               f"{self.rotary_dim // 2} pairs; give one per pair of dims")
 
     def pairs(self) -> list[tuple[int, int]]:
         """The pairs of dimensions rotated together, pair ``p`` first: ``[(i, j), ...]``."""

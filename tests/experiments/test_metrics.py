@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from attnkit.errors import AttnkitError
 from attnkit.experiments.adjectives import (
     EXAMPLE,
     HeadView,
@@ -67,5 +68,5 @@ def test_no_adjectives_is_a_clear_error():
     sentence = Sentence(words, {1: (), 4: ()})
     view = HeadView([sentence], torch.ones(1, 5, 5) / 5, torch.zeros(1, 5, 2),
                     torch.zeros(1, 5, 2), [5])
-    with pytest.raises(ValueError, match="no.*noun with an adjective|none of the sentences"):
+    with pytest.raises(AttnkitError, match="no.*noun with an adjective|none of the sentences"):
         adjective_share(view)

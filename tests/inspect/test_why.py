@@ -173,3 +173,12 @@ def test_bad_cells_are_clear_errors(cap, args, error, message):
     assert message in str(err.value)
     with pytest.raises(AttnkitError, match="top must be a positive int; got 0"):
         cap.why(0, 0, 0, 0, top=0)
+
+
+def test_a_rotary_description_that_cannot_be_is_refused_clearly():
+    with pytest.raises(AttnkitError, match=r"pairing must be one of .*got 'diagonal'"):
+        Rotary("diagonal", 8, 8)
+    with pytest.raises(AttnkitError, match=r"rotary_dim must be even and in 1\.\.8; got 7"):
+        Rotary("half", 7, 8)
+    with pytest.raises(AttnkitError, match=r"3 frequencies for 4 pairs; give one per pair"):
+        Rotary("half", 8, 8, frequencies=(1.0, 0.5, 0.25))
