@@ -9,10 +9,7 @@ Weights ship as safetensors in ``attnkit/data/`` with the config (JSON) beside t
 
 from __future__ import annotations
 
-import contextlib
-import json
-from dataclasses import asdict, dataclass
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,13 +19,12 @@ from attnkit.core.multihead import MultiHeadAttention
 from attnkit.errors import AttnkitError
 from attnkit.models.tokenizer import PAD, ToyTokenizer
 from attnkit.models.toy import ToyOutput
-from attnkit.runtime import check_writable, written_together
+from attnkit.models.weights import load_weights, save_weights, weight_paths
 
 __all__ = ["SYLLABLES", "VOCAB", "InductionConfig", "InductionModel", "induction_paths",
            "save_induction", "load_induction"]
 
 WEIGHTS = "induction.safetensors"
-CONFIG = "induction.json"
 
 SYLLABLES = tuple(c + v for c in "bdfgklmnprstvz" for v in "aeiou")[:64]
 """The model's 64 words: consonant + vowel syllables, "ba" … ."""
@@ -100,45 +96,23 @@ class InductionModel(nn.Module):
 
 
 def induction_paths(out: str | Path) -> tuple[Path, Path]:
-    """``(weights, config)`` for ``out``: a ``.safetensors`` path, or a directory that will hold
-    ``induction.safetensors``; the config is the same name with ``.json``."""
-    path = Path(out)
-    if path.suffix != ".safetensors":
-        path = path / WEIGHTS
-    return path, path.with_suffix(".json")
+    """``(weights, config)`` paths for ``out``: a ``.safetensors`` path, or a directory that will
+    hold ``WEIGHTS``; the config is the same name with ``.json``."""
+    return weight_paths(out, WEIGHTS)
 
 
 def save_induction(model: InductionModel, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``model``'s weights to ``out`` (a ``.safetensors`` path or a directory) and its
     config beside them, both or neither; existing files are replaced only with
     ``overwrite=True``. Returns the weights path."""
-    from safetensors.torch import save_file
-
-    weights, config = check_writable(induction_paths(out), overwrite=overwrite)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with written_together([weights, config]) as (weights_tmp, config_tmp):
-        save_file(state, str(weights_tmp))
-        config_tmp.write_text(json.dumps(asdict(model.config), indent=1) + "\n")
-    return weights
+    return save_weights(model, model.config, out, WEIGHTS, overwrite=overwrite)
 
 
 def load_induction(path: str | Path | None = None) -> tuple[InductionModel, ToyTokenizer]:
     """``(model, tokenizer)`` in eval mode: the shipped weights (``path=None``) or those written
     by ``attnkit train-induction --out PATH`` (the ``.safetensors`` file or its directory)."""
-    from safetensors.torch import load_file
-
-    if path is None:
-        data = resources.files("attnkit") / "data"
-        weights, config_text = data / WEIGHTS, (data / CONFIG).read_text()
-    else:
-        weights = induction_paths(path)[0] if Path(path).is_dir() else Path(path)
-        if not weights.exists():
-            raise FileNotFoundError(f"no induction-model weights at {weights}; train them with "
-                                    f"`attnkit train-induction --out {weights}`")
-        config_text = weights.with_suffix(".json").read_text()
-    raw = json.loads(config_text)
+    state, raw = load_weights(path, WEIGHTS, "attnkit train-induction")
     config = InductionConfig(**{**raw, "vocab": tuple(raw["vocab"])})
     model = InductionModel(config)
-    with resources.as_file(weights) if path is None else contextlib.nullcontext(weights) as file:
-        model.load_state_dict(load_file(str(file)))
+    model.load_state_dict(state)
     return model.eval(), ToyTokenizer(config.vocab)

@@ -7,10 +7,7 @@ Weights are saved as safetensors with the config (JSON) beside them; the trained
 
 from __future__ import annotations
 
-import contextlib
-import json
-from dataclasses import asdict, dataclass
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,10 +16,9 @@ from torch import nn
 from attnkit.core.multihead import MultiHeadAttention
 from attnkit.errors import AttnkitError
 from attnkit.models.tokenizer import ToyTokenizer
-from attnkit.runtime import check_writable, written_together
+from attnkit.models.weights import load_weights, save_weights, weight_paths
 
 WEIGHTS = "toy_adjectives.safetensors"
-CONFIG = "toy_adjectives.json"
 
 
 @dataclass(frozen=True)
@@ -100,25 +96,15 @@ class ToyModel(nn.Module):
 
 def toy_paths(out: str | Path) -> tuple[Path, Path]:
     """``(weights, config)`` paths for ``out``: a ``.safetensors`` path, or a directory that will
-    hold ``toy_adjectives.safetensors``; the config is the same name with ``.json``."""
-    path = Path(out)
-    if path.suffix != ".safetensors":
-        path = path / WEIGHTS
-    return path, path.with_suffix(".json")
+    hold ``WEIGHTS``; the config is the same name with ``.json``."""
+    return weight_paths(out, WEIGHTS)
 
 
 def save_toy(model: ToyModel, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``model``'s weights to ``out`` (a ``.safetensors`` path or a directory) and its
     config beside them as ``<name>.json``, both or neither; an existing file is replaced only
     with ``overwrite=True``. Returns the weights path."""
-    from safetensors.torch import save_file
-
-    weights, config = check_writable(toy_paths(out), overwrite=overwrite)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with written_together([weights, config]) as (weights_tmp, config_tmp):
-        save_file(state, str(weights_tmp))
-        config_tmp.write_text(json.dumps(asdict(model.config), indent=1) + "\n")
-    return weights
+    return save_weights(model, model.config, out, WEIGHTS, overwrite=overwrite)
 
 
 def load_toy(path: str | Path | None = None) -> tuple[ToyModel, ToyTokenizer]:
@@ -127,23 +113,9 @@ def load_toy(path: str | Path | None = None) -> tuple[ToyModel, ToyTokenizer]:
     ``path=None`` loads the weights shipped in ``attnkit/data/``; otherwise a ``.safetensors``
     file written by ``train_toy`` / ``attnkit train-toy --out`` (or the directory holding it).
     """
-    from safetensors.torch import load_file
-
-    if path is None:
-        data = resources.files("attnkit") / "data"
-        weights, config_text = data / WEIGHTS, (data / CONFIG).read_text()
-    else:
-        weights = Path(path)
-        if weights.is_dir():
-            weights = weights / WEIGHTS
-        if not weights.exists():
-            raise FileNotFoundError(f"no toy weights at {weights}; train them with "
-                                    f"`attnkit train-toy --out {weights}`")
-        config_text = weights.with_suffix(".json").read_text()
-    raw = json.loads(config_text)
+    state, raw = load_weights(path, WEIGHTS, "attnkit train-toy")
     config = ToyConfig(**{**raw, "vocab": tuple(raw["vocab"])})
     model = ToyModel(config)
-    with resources.as_file(weights) if path is None else contextlib.nullcontext(weights) as file:
-        model.load_state_dict(load_file(str(file)))
+    model.load_state_dict(state)
     model.eval()
     return model, ToyTokenizer(config.vocab)
