@@ -7,7 +7,7 @@ TEXT ?= a fluffy blue creature roamed the verdant forest
 # where the Hugging Face tests run too (`make floor-test`, part of `make test`). Built once, then
 # reused until pyproject.toml changes.
 FLOOR := $(shell sed -n 's/.*"transformers>=\([0-9.]*\)".*/\1/p' pyproject.toml)
-HF_TESTS := tests/hf tests/inspect/test_capture.py tests/inspect/test_capture_options.py tests/models/test_load.py
+HF_TESTS := tests/hf tests/inspect/test_capture.py tests/inspect/test_capture_copies.py tests/inspect/test_capture_options.py tests/models/test_load.py
 
 .PHONY: setup demo test bench bench-full clean browser floor floor-test
 

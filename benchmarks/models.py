@@ -3,7 +3,7 @@ without capture of every layer) vs "sdpa" vs "eager" (with and without output_at
 interleaved, median of N after warm-up; then a 16,384-token Llama-style forward with capture,
 peak memory measured in a fresh process next to eager's estimate.
 
-    python benchmarks/models.py [--rounds 7] [--long-len 16384] [--no-long] [--out models.json]
+    python benchmarks/models.py [--rounds 21] [--long-len 16384] [--no-long] [--out models.json]
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ def bench_minilm(rounds: int, batch: int, length: int) -> dict:
             configs[name]()
             times[name].append(time.perf_counter() - t0)
     medians = {name: statistics.median(ts) for name, ts in times.items()}
+    # each round's own ratio to "sdpa" (timed within seconds of it): the machine's slow drifts
+    # cancel in these, so their spread says how far to trust the ratio of the medians
+    paired = {name: sorted(s / t for s, t in zip(times["sdpa"], ts)) for name, ts in times.items()}
+    quartiles = {name: statistics.quantiles(rs, n=4) for name, rs in paired.items()}
 
     sdpa_out, _ = run("sdpa")
     ours, _ = run("attnkit")
@@ -80,6 +84,7 @@ def bench_minilm(rounds: int, batch: int, length: int) -> dict:
         "batch": batch, "length": length, "rounds": rounds,
         "median_s": medians,
         "speed_vs_attnkit": {name: t / attnkit_time for name, t in medians.items()},
+        "round_ratio_sdpa_over_quartiles": quartiles,
         "max_abs_diff_attnkit_vs_sdpa": (ours - sdpa_out).abs().max().item(),
         "max_abs_diff_captured_vs_sdpa": (captured - sdpa_out).abs().max().item(),
         "max_abs_diff_capture_pattern_vs_eager": pattern_err,
@@ -111,7 +116,7 @@ def bench_long(length: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--long-len", type=int, default=16_384)
@@ -134,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
               f"every layer {capture:.2f}x (sdpa time / attnkit time); max |attnkit - sdpa| = "
               f"{m['max_abs_diff_attnkit_vs_sdpa']:.1e}, captured pattern vs eager = "
               f"{m['max_abs_diff_capture_pattern_vs_eager']:.1e}")
+        for name in ("attnkit", "attnkit + capture (all layers)"):
+            low, mid, high = m["round_ratio_sdpa_over_quartiles"][name]
+            print(f"round by round, sdpa time / {name} time: median {mid:.2f}x, "
+                  f"quartiles {low:.2f}-{high:.2f}")
     if not args.no_long:
         results["long"] = bench_long(args.long_len)
         lg = results["long"]

@@ -1,0 +1,130 @@
+"""What a capture keeps: on the CPU the model's own queries and keys when nothing has written into
+them (no copy), copies of a KV cache's buffers and of inference tensors, every copy with
+``copy=True``; and a clear error, never a wrong pattern, when a kept tensor is written later."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnkit
+
+transformers = pytest.importorskip("transformers")
+import attnkit.hf  # noqa: E402,F401  (registers "attnkit")
+
+NOTES = "a fluffy blue creature roamed the verdant forest"
+
+
+def eager_attentions(model, **inputs):
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return model(**inputs, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation("attnkit")
+
+
+def captured_with_projections(model, inputs, **options):
+    """Capture every layer of MiniLM, and layer 0's query and key projections' outputs
+    ``(B, S, H·D)`` (the tensors the model's q and k are views of)."""
+    attention = model.encoder.layer[0].attention.self
+    projected = {}
+    hooks = [getattr(attention, name).register_forward_hook(
+        lambda module, args, out, name=name: projected.__setitem__(name, out))
+        for name in ("query", "key")]
+    try:
+        with torch.no_grad(), attnkit.capture(model, **options) as cap:
+            model(**inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return cap, projected
+
+
+def same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def test_fresh_queries_and_keys_are_kept_without_a_copy_and_copy_true_copies(minilm):
+    model, tokenizer = minilm
+    inputs = tokenizer(NOTES, return_tensors="pt")
+    eager = eager_attentions(model, **inputs)
+    cap, projected = captured_with_projections(model, inputs)
+    assert same_memory(cap.queries(0), projected["query"])
+    assert same_memory(cap.keys(0), projected["key"])
+    copied, projected = captured_with_projections(model, inputs, copy=True)
+    assert not same_memory(copied.queries(0), projected["query"])
+    assert not same_memory(copied.keys(0), projected["key"])
+    for layer in range(6):
+        for head in (0, 11):
+            for c in (cap, copied):
+                assert (c.pattern(layer, head) - eager[layer][0, head]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("written", ["query", "key"])
+def test_a_kept_tensor_written_in_place_later_is_refused_by_name(minilm, written):
+    model, tokenizer = minilm
+    inputs = tokenizer(NOTES, return_tensors="pt")
+    eager = eager_attentions(model, **inputs)
+    cap, projected = captured_with_projections(model, inputs)
+    copied, copied_projected = captured_with_projections(model, inputs, copy=True)
+    with torch.no_grad():
+        projected[written].mul_(2)  # code writing into the model's tensors after the forward
+        copied_projected[written].mul_(2)
+    message = ("the queries or keys recorded for layer 0 were written in place after the "
+               "forward pass .* capture with attnkit.capture\\(model, copy=True\\)")
+    for read in (lambda: cap.pattern(0, 3), lambda: cap.queries(0), lambda: cap.keys(0),
+                 lambda: cap.why(0, 3, 2, 1)):
+        with pytest.raises(attnkit.AttnkitError, match=message):
+            read()
+    assert (cap.pattern(1, 3) - eager[1][0, 3]).abs().max() <= 1e-5  # other layers still read
+    assert (copied.pattern(0, 3) - eager[0][0, 3]).abs().max() <= 1e-5
+
+
+def test_a_capture_in_inference_mode_keeps_copies(minilm):
+    """Inference tensors count no versions: the capture copies them, and stays exact."""
+    model, tokenizer = minilm
+    inputs = tokenizer(NOTES, return_tensors="pt")
+    eager = eager_attentions(model, **inputs)
+    attention = model.encoder.layer[0].attention.self
+    projected = []
+    hook = attention.key.register_forward_hook(lambda m, a, out: projected.append(out))
+    try:
+        with torch.inference_mode(), attnkit.capture(model) as cap:
+            model(**inputs)
+    finally:
+        hook.remove()
+    assert projected[0].is_inference() and not same_memory(cap.keys(0), projected[0])
+    assert (cap.pattern(0, 5) - eager[0][0, 5]).abs().max() <= 1e-5
+
+
+def test_a_static_cache_prefill_stays_exact_after_the_cache_is_written_again():
+    """transformers' StaticCache hands attention its own buffers and writes the next positions
+    into them: the capture copied them, so the prompt's patterns survive the next step."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=64)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.set_attn_implementation("attnkit")
+    ids = torch.randint(2, 64, (1, 7), generator=torch.Generator().manual_seed(1))
+    cache = transformers.StaticCache(config=model.config, max_cache_len=12)
+    with torch.no_grad(), attnkit.capture(model) as cap:
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+    with torch.no_grad():  # the next step writes position 7 of the cache's buffers
+        model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True,
+              cache_position=torch.tensor([7]))
+    eager = eager_attentions(model, input_ids=ids)
+    for layer in (0, 1):
+        for head in range(4):
+            ours = cap.pattern(layer, head)  # (7, 12): the cache's empty slots are hidden
+            assert ours[:, 7:].abs().max() == 0
+            assert (ours[:, :7] - eager[layer][0, head]).abs().max() <= 1e-5
+
+
+def test_copy_takes_a_bool(minilm):
+    model, _ = minilm
+    with pytest.raises(attnkit.AttnkitError, match=r"capture\(copy=...\) takes True or False; "
+                                                   r"got 'yes'"):
+        with attnkit.capture(model, copy="yes"):
+            pass
