@@ -60,12 +60,15 @@ def bench_minilm(rounds: int, batch: int, length: int) -> dict:
     for fn in configs.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {name: [] for name in configs}
+    faults: dict[str, list[int]] = {name: [] for name in configs}
     names = list(configs)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order
-            t0 = time.perf_counter()
-            configs[name]()
-            times[name].append(time.perf_counter() - t0)
+            f0, t0 = minor_faults(), time.perf_counter()
+            result = configs[name]()
+            times[name].append(time.perf_counter() - t0)  # the call; freeing its results is not
+            faults[name].append(minor_faults() - f0)
+            del result
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     # each round's own ratio to "sdpa" (timed within seconds of it): the machine's slow drifts
     # cancel in these, so their spread says how far to trust the ratio of the medians
@@ -85,10 +88,17 @@ def bench_minilm(rounds: int, batch: int, length: int) -> dict:
         "median_s": medians,
         "speed_vs_attnkit": {name: t / attnkit_time for name, t in medians.items()},
         "round_ratio_sdpa_over_quartiles": quartiles,
+        "median_page_faults": {name: statistics.median(fs) for name, fs in faults.items()},
         "max_abs_diff_attnkit_vs_sdpa": (ours - sdpa_out).abs().max().item(),
         "max_abs_diff_captured_vs_sdpa": (captured - sdpa_out).abs().max().item(),
         "max_abs_diff_capture_pattern_vs_eager": pattern_err,
     }
+
+
+def minor_faults() -> int:
+    """Pages this process has touched for the first time so far (minor page faults): memory the
+    allocator handed back to the system and asked for again costs ~1.5 us a page here."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 LONG = Path(__file__).with_name("long_capture.py")
@@ -131,9 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         results["minilm"] = m = bench_minilm(args.rounds, args.batch, args.length)
         print(f"MiniLM, batch {m['batch']} x {m['length']} tokens, median of {m['rounds']} "
               "(interleaved, after warm-up)")
-        print(f"{'implementation':34s} {'median ms':>10s} {'time / attnkit':>15s}")
+        print(f"{'implementation':34s} {'median ms':>10s} {'time / attnkit':>15s} "
+              f"{'page faults':>12s}")
         for name, t in m["median_s"].items():
-            print(f"{name:34s} {t * 1e3:10.1f} {m['speed_vs_attnkit'][name]:15.2f}")
+            print(f"{name:34s} {t * 1e3:10.1f} {m['speed_vs_attnkit'][name]:15.2f} "
+                  f"{m['median_page_faults'][name]:12.0f}")
         capture = m["median_s"]["sdpa"] / m["median_s"]["attnkit + capture (all layers)"]
         print(f"attnkit speed vs sdpa: {m['speed_vs_attnkit']['sdpa']:.2f}x, with capture of "
               f"every layer {capture:.2f}x (sdpa time / attnkit time); max |attnkit - sdpa| = "

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from attnkit.errors import AttnkitError, OutOfRangeError
+from attnkit.inspect.arena import Arena
 from attnkit.inspect.captured import Captured, Record
 from attnkit.inspect.families import ModelInfo, family_of
 from attnkit.inspect.rotary import rotary_of
@@ -35,9 +36,8 @@ class Capture(Captured):
     """
 
     def __init__(self, model: nn.Module, layers: list[int] | None, heads: list[int] | None,
-                 tokenizer: Any = None, copy: bool = False):
+                 tokenizer: Any = None):
         super().__init__(type(model).__name__)
-        self._copy = copy
         self._module_ids = {id(m) for m in model.modules()}
         self._wanted_layers = None if layers is None else sorted(set(layers))
         self._wanted_heads = None if heads is None else sorted(set(heads))
@@ -54,6 +54,7 @@ class Capture(Captured):
             raise OutOfRangeError(f"capture(layers={self._wanted_layers}): {self._name} has "
                                   f"{known} attention layers (0..{known - 1}); no layer {beyond}")
         self._active = False
+        self._arena = Arena()  # the copies of q, k and lse that the records hold
 
     # ---- the recorder protocol (used by attnkit.kernels.recording) ----------------------------
 
@@ -84,7 +85,7 @@ class Capture(Captured):
                 options[name] = t.detach().reshape((1,) * (4 - t.dim()) + tuple(t.shape))
         if isinstance(options.get("sinks"), torch.Tensor):
             options["sinks"] = options["sinks"].detach().clone()  # (Hq,)
-        q, k, lse = _kept(q, self._copy), _kept(k, self._copy), lse.detach()
+        q, k, lse = q.detach(), k.detach(), lse.detach()
         if self._wanted_heads is not None:
             index = torch.tensor(heads, device=q.device)
             q = q.index_select(1, index)  # (B, H, Sq, D)
@@ -96,13 +97,17 @@ class Capture(Captured):
                     options[name] = t.index_select(1, index)
             if isinstance(options.get("sinks"), torch.Tensor):  # (Hq,) -> (H,): one per slot
                 options["sinks"] = options["sinks"].index_select(0, index)
-        record = Record(q, k, lse, options, tuple(heads), hq, _versions(q, k))
+        # copies: a KV cache may hand out views of buffers it later overwrites. A layer's first
+        # call goes to the arena; later ones (decoding steps) replace what they had, so their
+        # memory must go with it: plain clones.
+        copy = torch.Tensor.clone if layer in self._records else self._arena.copy
+        q, k, lse = copy(q), copy(k), copy(lse)
+        record = Record(q, k, lse, options, tuple(heads), hq)
         previous = self._records.get(layer)
         if previous is not None and _continues(previous, record):
             # a decoding step over a KV cache: its queries are the next rows of one pattern
-            joined = torch.cat([previous.q, q], dim=2)
-            record = Record(joined, k, torch.cat([previous.lse, lse], dim=2), options,
-                            tuple(heads), hq, _versions(joined, k))
+            record = Record(torch.cat([previous.q, q], dim=2), k,
+                            torch.cat([previous.lse, lse], dim=2), options, tuple(heads), hq)
         self._records[layer] = record
 
     def _saw_input_ids(self, ids: torch.Tensor) -> None:
@@ -169,26 +174,6 @@ def _describe(family: Any, model: nn.Module) -> ModelInfo | None:
         return None
 
 
-def _kept(t: torch.Tensor, copy: bool) -> torch.Tensor:
-    """``t`` detached, to keep in a record: the model's own tensor when nothing has written into
-    its memory (version counter 0), else a copy. A KV cache hands attention the buffers it writes
-    into step after step (their counter is past 0 by then); CUDA graphs reuse output memory
-    without counting, so off the CPU a copy is always kept (it is cheap there); inference tensors
-    count nothing. Copying every layer's q and k cost MiniLM ~2.5% of its forward pass. A write
-    after recording is caught when the record is read (``Record.check_unchanged``)."""
-    t = t.detach()
-    if copy or t.device.type != "cpu" or t.is_inference() or t._version != 0:
-        return t.clone()
-    return t
-
-
-def _versions(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int] | None:
-    """The version counters a record's reader checks (None for inference tensors: untracked)."""
-    if q.is_inference() or k.is_inference():
-        return None
-    return q._version, k._version
-
-
 def _continues(old: Record, new: Record) -> bool:
     """Whether ``new`` is ``old``'s sequence one decoding step on: its keys are ``old``'s keys
     followed by one key per new query, with the same options. Then, with causal and windows
@@ -231,19 +216,14 @@ def _input_ids(args: tuple, kwargs: dict) -> torch.Tensor | None:
 
 @contextlib.contextmanager
 def capture(model: nn.Module, layers: list[int] | None = None,
-            heads: list[int] | None = None, *, tokenizer: Any = None,
-            copy: bool = False) -> Iterator[Capture]:
+            heads: list[int] | None = None, *, tokenizer: Any = None) -> Iterator[Capture]:
     """Record ``q``, ``k`` and ``lse`` of ``model``'s attention during forward passes in the block.
 
     Works on Hugging Face models running ``attn_implementation="attnkit"`` and on any module
     containing attnkit MultiHeadAttention/AttentionHead. ``layers``/``heads`` keep only those
     (None = all). With ``tokenizer``, ``cap.tokens`` names the tokens the model was fed. Memory:
-    ``q``, ``k`` and ``lse`` per kept layer, linear in sequence length.
-
-    On the CPU the capture keeps the model's own ``q`` and ``k`` tensors when nothing has written
-    into them, and copies the rest (a KV cache's buffers, inference tensors, other devices);
-    reading a layer whose tensors were written in place since raises ``AttnkitError``.
-    ``copy=True`` copies every layer's ``q`` and ``k``, for code that writes into them later.
+    copies of ``q``, ``k`` and ``lse`` per kept layer, linear in sequence length, packed into
+    blocks apart from the model's own memory (``attnkit.inspect.arena``).
 
     >>> with attnkit.capture(model, tokenizer=tokenizer) as cap:
     ...     model(**inputs)
@@ -253,9 +233,7 @@ def capture(model: nn.Module, layers: list[int] | None = None,
     _check_selection("heads", heads)
     family = family_of(model)
     family.check_capturable(model)
-    if not isinstance(copy, bool):
-        raise AttnkitError(f"capture(copy=...) takes True or False; got {copy!r}")
-    cap = Capture(model, layers, heads, tokenizer, copy)
+    cap = Capture(model, layers, heads, tokenizer)
     fed: list[torch.Tensor] = []
 
     def before(module: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -85,7 +85,7 @@ def save_capture(cap: Captured, path: str | os.PathLike, *, model_name: str | No
 
     layers: dict[str, Any] = {}
     for layer in cap.layers:
-        record = cap._record(layer)
+        record = cap._records[layer]
         entry: dict[str, Any] = {"heads": list(record.heads), "n_heads": int(record.n_heads),
                                  "options": {}}
         put(f"layer.{layer}.q", record.q)

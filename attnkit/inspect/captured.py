@@ -45,18 +45,6 @@ class Record:
     options: dict[str, Any]
     heads: tuple[int, ...]
     n_heads: int
-    versions: tuple[int, int] | None = None
-    """``q``'s and ``k``'s version counters when recorded (None when untracked: inference tensors,
-    files); reading checks them, since ``q`` and ``k`` may be the model's own tensors."""
-
-    def check_unchanged(self, layer: int) -> None:
-        """Raise ``AttnkitError`` when ``q`` or ``k`` was written in place after recording."""
-        if self.versions is not None and (self.q._version, self.k._version) != self.versions:
-            raise AttnkitError(
-                f"the queries or keys recorded for layer {layer} were written in place after "
-                "the forward pass that recorded them (by a cache that reuses its buffers, or by "
-                "code changing the model's tensors), so its patterns can no longer be computed; "
-                "capture with attnkit.capture(model, copy=True) to keep copies")
 
     def kv_slot(self, slot: int) -> int:
         """The key head that query head number ``slot`` (of ``q``) reads."""
@@ -105,9 +93,7 @@ class Captured:
         if layer not in self._records:
             raise OutOfRangeError(f"layer {layer!r} was not captured; captured layers: "
                                   f"{self.layers}")
-        record = self._records[layer]
-        record.check_unchanged(layer)
-        return record
+        return self._records[layer]
 
     @property
     def layers(self) -> list[int]:
