@@ -55,3 +55,18 @@ def int_list(text: str) -> list[int]:
     if not out or min(out) < 0:
         raise argparse.ArgumentTypeError(f"must be numbers >= 0 like 0,2,4-6; got {text!r}")
     return sorted(set(out))
+
+
+def add_training_options(p: argparse.ArgumentParser, out: str) -> None:
+    """The options every training command takes: ``--out`` (default ``out``), ``--force``,
+    ``--seed``, ``--steps`` (defaults: the shipped model's) and ``--quiet``."""
+    p.add_argument("--out", default=out,
+                   help="where to write the weights (.safetensors; the config goes beside it as "
+                        f".json); default ./{out}")
+    p.add_argument("--force", action="store_true",
+                   help="replace the weights (and the .json beside them) if they exist")
+    p.add_argument("--seed", type=seed, default=None,
+                   help="random seed, 0 .. 2**63-1 (default: the shipped one)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="optimizer steps (default: the shipped model's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")

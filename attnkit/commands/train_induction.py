@@ -8,7 +8,7 @@ import argparse
 import time
 from pathlib import Path
 
-from attnkit.commands.common import positive_int, seed
+from attnkit.commands.common import add_training_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,16 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "held-out sequences that layer 0 became a previous-token head and layer 1 an "
                     "induction head. The defaults reproduce the shipped weights.",
     )
-    p.add_argument("--out", default="induction.safetensors",
-                   help="where to write the weights (.safetensors; the config goes beside it as "
-                        ".json); default ./induction.safetensors")
-    p.add_argument("--force", action="store_true",
-                   help="replace the weights (and the .json beside them) if they exist")
-    p.add_argument("--seed", type=seed, default=None,
-                   help="random seed, 0 .. 2**63-1 (default: the shipped one)")
-    p.add_argument("--steps", type=positive_int, default=None,
-                   help="optimizer steps (default: the shipped model's)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_training_options(p, "induction.safetensors")
     p.set_defaults(func=run)
 
 

@@ -8,7 +8,7 @@ import argparse
 import time
 from pathlib import Path
 
-from attnkit.commands.common import positive_int, seed
+from attnkit.commands.common import add_training_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,16 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "its grammar, save the weights, and measure the noun → adjective attention "
                     "on held-out sentences. The defaults reproduce the shipped weights.",
     )
-    p.add_argument("--out", default="toy_adjectives.safetensors",
-                   help="where to write the weights (.safetensors; the config goes beside it as "
-                        ".json); default ./toy_adjectives.safetensors")
-    p.add_argument("--force", action="store_true",
-                   help="replace the weights (and the .json beside them) if they exist")
-    p.add_argument("--seed", type=seed, default=None,
-                   help="random seed, 0 .. 2**63-1 (default: the shipped one)")
-    p.add_argument("--steps", type=positive_int, default=None,
-                   help="optimizer steps (default: the shipped model's)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_training_options(p, "toy_adjectives.safetensors")
     p.set_defaults(func=run)
 
 

@@ -9,18 +9,7 @@ import torch
 import attnkit
 
 transformers = pytest.importorskip("transformers")
-import attnkit.hf  # noqa: E402,F401  (registers "attnkit")
-
-NOTES = "a fluffy blue creature roamed the verdant forest"
-
-
-def eager_attentions(model, **inputs):
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            return model(**inputs, output_attentions=True).attentions
-    finally:
-        model.set_attn_implementation("attnkit")
+from tests.inspect.test_capture import NOTES, eager_attentions  # noqa: E402
 
 
 def captured_with_projections(model, inputs):

@@ -62,13 +62,7 @@ def flash_forward(q, k, v, cum_q, cum_k, max_q, max_k, dropout_p, is_causal, ret
     d = q.shape[-1]
     assert d % 8 == 0 and d <= 256 and k.shape[-1] == v.shape[-1] == d, "one head dim, x8"
     assert q.shape[2] % k.shape[2] == 0
-    sq, sk = q.shape[1], k.shape[1]
-    left = -1 if window_size_left is None or window_size_left >= sk else window_size_left
-    right = -1 if window_size_right is None or window_size_right >= sk else window_size_right
-    if is_causal:
-        right = 0
-    s = _scores(q, k, scale).masked_fill(~_visible(sq, sk, left, right, q.device),
-                                         float("-inf"))
+    s = _flash_scores(q, k, scale, is_causal, window_size_left, window_size_right)
     lse = torch.logsumexp(s, dim=-1)  # (B, H, Sq); -inf where a row sees none
     empty = torch.isneginf(lse)
     p = torch.exp(s - lse.masked_fill(empty, 0.0)[..., None])
@@ -78,6 +72,18 @@ def flash_forward(q, k, v, cum_q, cum_k, max_q, max_k, dropout_p, is_causal, ret
     rng = torch.zeros(2, dtype=torch.uint64)
     return (out.transpose(1, 2).to(q.dtype).contiguous(), lse, rng,
             torch.zeros((), dtype=torch.uint64), torch.empty(0, dtype=q.dtype))
+
+
+def _flash_scores(q, k, scale, is_causal, window_size_left, window_size_right):
+    """Scores ``(B, H, Sq, Sk)`` with -inf where FlashAttention's window (or causal, which
+    closes the right side) hides a key; a side of None or >= Sk is unbounded."""
+    sq, sk = q.shape[1], k.shape[1]
+    left = -1 if window_size_left is None or window_size_left >= sk else window_size_left
+    right = -1 if window_size_right is None or window_size_right >= sk else window_size_right
+    if is_causal:
+        right = 0
+    return _scores(q, k, scale).masked_fill(~_visible(sq, sk, left, right, q.device),
+                                            float("-inf"))
 
 
 def _backward_core(dout, q, k, v, out, lse, s, scale):
@@ -107,13 +113,7 @@ def flash_backward(dout, q, k, v, out, lse, cum_q, cum_k, max_q, max_k, dropout_
                    window_size_right=None):
     _check_layout(dout, q, k, v, out)
     assert lse.dtype == torch.float32 and lse.shape == (q.shape[0], q.shape[2], q.shape[1])
-    sq, sk = q.shape[1], k.shape[1]
-    left = -1 if window_size_left is None or window_size_left >= sk else window_size_left
-    right = -1 if window_size_right is None or window_size_right >= sk else window_size_right
-    if is_causal:
-        right = 0
-    s = _scores(q, k, scale).masked_fill(~_visible(sq, sk, left, right, q.device),
-                                         float("-inf"))
+    s = _flash_scores(q, k, scale, is_causal, window_size_left, window_size_right)
     dq, dk, dv, _ = _backward_core(dout, q, k, v, out, lse, s, scale)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
